@@ -1,0 +1,37 @@
+"""Errors megaraptr raises on purpose, each with a one-line message for the user.
+
+The command-line entry points catch ``MegaraptrError`` and print ``str(err)`` alone (exit code
+2 for bad input, 1 for a failure during training); library callers get the exception.
+"""
+
+
+class MegaraptrError(Exception):
+    """Base class: a problem megaraptr detected and can describe in one line."""
+
+    exit_code = 1
+
+
+class ConfigError(MegaraptrError, ValueError):
+    """A bad setting: names the key path (``raptr.schedule[2].keep_prob``) and what is allowed."""
+
+    exit_code = 2
+
+    def __init__(self, key: str, message: str):
+        self.key = key
+        super().__init__(f"{key}: {message}")
+
+
+class DataError(MegaraptrError):
+    """Missing, unreadable or malformed training data."""
+
+    exit_code = 2
+
+
+class RankMismatchError(MegaraptrError):
+    """Ranks disagree on the subnetwork of a step (different seeds or configs)."""
+
+
+class CheckpointError(MegaraptrError):
+    """A checkpoint cannot be resumed as asked (missing, or made under another schedule)."""
+
+    exit_code = 2
