@@ -1,0 +1,93 @@
+"""megaraptr's share of a DeepSpeed checkpoint: ``client_state["raptr"]``.
+
+The step's subnetwork needs nothing saved (it is a function of seed and step, and DeepSpeed
+restores ``global_steps``). What the step cannot give is the run's history and identity:
+
+- ``digest`` and ``active_layer_steps``: the running hash of the subnetworks actually
+  trained and the layers that ran, so a resumed run reports the whole run's digest and
+  layer-FLOPs fraction;
+- ``seed`` and ``schedule`` (fingerprint and description): a resume under a different
+  schedule, seed or run length is refused unless the caller overrides it explicitly.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+from megaraptr.errors import CheckpointError
+
+VERSION = 1
+
+
+def describe(schedule, seed: int) -> str:
+    probs = "-".join(f"{s.keep_prob:.3g}" for s in schedule.stages)
+    return (f"{len(schedule.stages)} stage(s) keep_prob {probs}, {schedule.sampling} sampling, "
+            f"{schedule.total_steps} steps, seed {seed}")
+
+
+def raptr_state(engine) -> dict:
+    """The dict saved under ``client_state["raptr"]``."""
+    return {
+        "version": VERSION,
+        "applied_steps": engine.applied_steps,
+        "seed": engine.seed,
+        "schedule_fingerprint": engine.schedule.fingerprint(),
+        "schedule": describe(engine.schedule, engine.seed),
+        "digest": engine.digest.hexdigest,
+        "active_layer_steps": engine.active_layer_steps,
+        "config": engine.config.model_dump(),
+    }
+
+
+def find_checkpoint(load_dir: str, tag: Optional[str] = None) -> str:
+    """The checkpoint folder that ``load_checkpoint(load_dir, tag)`` would read.
+
+    Raises:
+        CheckpointError: no such folder, or no 'latest' file and no tag.
+    """
+    if not os.path.isdir(load_dir):
+        raise CheckpointError(f"--load {load_dir}: no such directory")
+    if tag is None:
+        latest = os.path.join(load_dir, "latest")
+        if not os.path.isfile(latest):
+            raise CheckpointError(f"--load {load_dir}: no DeepSpeed checkpoint there (no 'latest' "
+                                  "file)")
+        with open(latest) as f:
+            tag = f.read().strip()
+    path = os.path.join(load_dir, tag)
+    if not os.path.isdir(path):
+        raise CheckpointError(f"--load {load_dir}: checkpoint tag '{tag}' has no folder {path}")
+    return path
+
+
+def restore_raptr_state(engine, path: Optional[str], client_state: Optional[dict],
+                        override_schedule: bool) -> None:
+    """Check the checkpoint's schedule against the engine's and restore the run's history.
+
+    Raises:
+        CheckpointError: nothing loaded; a checkpoint without megaraptr state; a different
+            schedule or seed without ``override_schedule``.
+    """
+    if path is None:
+        raise CheckpointError("no checkpoint was loaded (DeepSpeed found none)")
+    state = (client_state or {}).get("raptr")
+    if state is None:
+        if not override_schedule:
+            raise CheckpointError(f"{path} holds no megaraptr state; resume it with the override "
+                                  "flag to start a RAPTR history at its step")
+        return
+    if state.get("version") != VERSION:
+        raise CheckpointError(f"{path}: megaraptr state version {state.get('version')}, this "
+                              f"megaraptr reads version {VERSION}")
+    same = (state["schedule_fingerprint"] == engine.schedule.fingerprint()
+            and state["seed"] == engine.seed)
+    if not same and not override_schedule:
+        raise CheckpointError(
+            f"{path} was trained with {state['schedule']}; this run has "
+            f"{describe(engine.schedule, engine.seed)}. Resume with the same raptr block, seed "
+            "and train steps, or pass the override flag (--override-raptr-schedule)")
+    if state["applied_steps"] != engine.applied_steps:
+        raise CheckpointError(f"{path}: megaraptr state is at step {state['applied_steps']} but "
+                              f"DeepSpeed restored step {engine.applied_steps}")
+    engine.digest.hexdigest = state["digest"]
+    engine.active_layer_steps = int(state["active_layer_steps"])

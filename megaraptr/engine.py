@@ -1,0 +1,209 @@
+"""RAPTR on top of a DeepSpeed engine: ``megaraptr.initialize`` and one training step.
+
+Usage, in the shape of ``deepspeed.initialize``::
+
+    engine, optimizer, _, lr_scheduler = megaraptr.initialize(
+        model=model, model_parameters=param_groups, config="ds_config.json", total_steps=N)
+    for step in range(engine.applied_steps + 1, N + 1):
+        result = engine.train_step(micro_batches)   # gradient_accumulation_steps batches
+
+``train_step`` picks the step's subnetwork from (seed, applied step), applies it to the
+blocks, runs forward/backward on every micro-batch with that one subnetwork, and lets
+DeepSpeed step; under ``"skipped_layers": "freeze"`` the optimizer leaves skipped layers alone.
+The clock is ``global_steps - skipped_steps``: an fp16 step skipped for overflow does not
+advance the schedule, and the next call retries the same step with the same subnetwork.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import torch
+
+from megaraptr import checkpoint, consistency
+from megaraptr.config import RaptrConfig, split_ds_config
+from megaraptr.errors import ConfigError
+from megaraptr.layers import find_blocks, set_layer_mask
+from megaraptr.sampler import LayerMask, MaskDigest, SubnetworkSampler
+from megaraptr.schedule import Schedule, Stage, build_schedule
+from megaraptr.zero import FrozenLayers, has_layer_groups, layer_param_groups
+
+
+@dataclass
+class StepResult:
+    """What one optimizer step did."""
+
+    step: int
+    stage: Stage
+    mask: LayerMask
+    loss: float
+    """Mean training loss over the micro-batches of this rank."""
+    applied: bool
+    """False when the optimizer skipped the step (fp16 overflow)."""
+
+
+def loss_of(output) -> torch.Tensor:
+    """The loss in a model's output: a tensor, ``output.loss`` or ``output["loss"]``."""
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, dict):
+        return output["loss"]
+    return output.loss
+
+
+class RaptrEngine:
+    """A DeepSpeed engine that trains one subnetwork per optimizer step.
+
+    Attributes not defined here (``module``, ``global_steps``, ``monitor``, ...) are the
+    DeepSpeed engine's, reachable as ``engine.ds`` too.
+    """
+
+    def __init__(self, ds_engine, *, config: RaptrConfig, schedule: Schedule, seed: int):
+        self.ds = ds_engine
+        self.config = config
+        self.schedule = schedule
+        self.sampler = SubnetworkSampler(schedule, seed)
+        self.blocks = find_blocks(ds_engine.module)
+        self.digest = MaskDigest()
+        self.active_layer_steps = 0
+        """Sum over applied steps of the number of layers that ran."""
+        self.freezer = None
+        if config.enabled and config.skipped_layers == "freeze":
+            self.freezer = FrozenLayers(ds_engine.basic_optimizer, ds_engine.optimizer)
+
+    def __getattr__(self, name):
+        return getattr(self.__dict__["ds"], name)
+
+    @property
+    def seed(self) -> int:
+        return self.sampler.seed
+
+    @property
+    def applied_steps(self) -> int:
+        """Optimizer steps applied so far (the schedule's clock)."""
+        return self.ds.global_steps - self.ds.skipped_steps
+
+    def layer_flops_fraction(self) -> float:
+        """Layer FLOPs spent so far relative to full-model training of as many steps."""
+        steps = self.applied_steps
+        if steps == 0:
+            return 1.0
+        return self.active_layer_steps / (steps * len(self.blocks))
+
+    def begin_step(self) -> tuple[int, Stage, LayerMask]:
+        """Choose and apply the next step's subnetwork (checking ranks when due)."""
+        step = self.applied_steps + 1
+        stage = self.schedule.stage_at(step)
+        mask = self.sampler.mask(step)
+        if consistency.due(step, self.config.consistency_check_interval):
+            consistency.check_same_subnetwork(
+                seed=self.seed, fingerprint=self.schedule.fingerprint(), step=step, mask=mask,
+                device=self.ds.device, group=self.ds.data_parallel_group)
+        set_layer_mask(self.blocks, mask)
+        if self.freezer is not None:
+            self.freezer.set_frozen(mask.skipped_ids)
+        return step, stage, mask
+
+    def train_step(self, micro_batches: Sequence[dict]) -> StepResult:
+        """One optimizer step over ``gradient_accumulation_steps`` micro-batches (dicts of
+        model keyword arguments), all on the same subnetwork."""
+        expected = self.ds.gradient_accumulation_steps()
+        if len(micro_batches) != expected:
+            raise ValueError(f"train_step needs {expected} micro-batches (gradient_accumulation_"
+                             f"steps), got {len(micro_batches)}")
+        step, stage, mask = self.begin_step()
+        self.ds.train()
+        total = torch.zeros((), device=self.ds.device)
+        for batch in micro_batches:
+            loss = loss_of(self.ds(**batch))
+            self.ds.backward(loss)
+            self.ds.step()
+            total += loss.detach().float()
+        applied = self.applied_steps == step
+        if applied:
+            self.digest.update(step, mask)
+            self.active_layer_steps += mask.num_active
+        return StepResult(step, stage, mask, float(total) / expected, applied)
+
+    @torch.no_grad()
+    def evaluate(self, batches: Sequence[dict]) -> float:
+        """Mean loss of the full model over ``batches`` on all ranks, weighted by the number
+        of predicted tokens (labels other than -100)."""
+        from deepspeed import comm as dist
+
+        was_training = self.ds.module.training
+        self.ds.eval()
+        sums = torch.zeros(2, dtype=torch.float64, device=self.ds.device)
+        for batch in batches:
+            count = (batch["labels"] != -100).sum()
+            sums[0] += loss_of(self.ds(**batch)).double() * count
+            sums[1] += count
+        dist.all_reduce(sums, group=self.ds.data_parallel_group)
+        self.ds.train(was_training)
+        return float(sums[0] / sums[1])
+
+    def save_checkpoint(self, save_dir: str, tag: Optional[str] = None,
+                        client_state: Optional[dict] = None, **kwargs) -> bool:
+        """DeepSpeed's checkpoint with megaraptr's state under ``client_state["raptr"]``."""
+        state = dict(client_state or {}, raptr=checkpoint.raptr_state(self))
+        return self.ds.save_checkpoint(save_dir, tag=tag, client_state=state, **kwargs)
+
+    def load_checkpoint(self, load_dir: str, tag: Optional[str] = None, *,
+                        override_schedule: bool = False, **kwargs):
+        """Load a checkpoint and megaraptr's state; refuse a different schedule unless
+        ``override_schedule``. Returns (path, client_state) like DeepSpeed."""
+        path, client_state = self.ds.load_checkpoint(load_dir, tag=tag, **kwargs)
+        checkpoint.restore_raptr_state(self, path, client_state, override_schedule)
+        return path, client_state
+
+
+def _check_supported(config: RaptrConfig, ds_config: dict) -> None:
+    stage = ds_config.get("zero_optimization", {}).get("stage", 0)
+    if config.enabled and stage not in (0, 1, 2):
+        raise ConfigError("zero_optimization.stage",
+                          f"{stage} is not supported with raptr yet; allowed: 0, 1, 2")
+
+
+def initialize(args=None, model=None, optimizer=None, model_parameters=None,
+               training_data=None, lr_scheduler=None, config=None, *, total_steps: int,
+               seed: Optional[int] = None, **ds_kwargs):
+    """``deepspeed.initialize`` with RAPTR: returns (engine, optimizer, dataloader, scheduler).
+
+    Args:
+        config: the DeepSpeed config (dict or JSON path), with an optional "raptr" block;
+            ``args.deepspeed_config`` is used when None.
+        total_steps: the run's total optimizer steps N (the schedule spans 1..N).
+        seed: sampler seed when the raptr block gives none (default 0).
+        optimizer: None (the ds_config "optimizer" block), a callable taking parameter groups,
+            or a torch optimizer built from :func:`megaraptr.layer_param_groups`.
+        Other arguments go to ``deepspeed.initialize`` unchanged.
+
+    Raises:
+        ConfigError: a bad raptr block or schedule, before DeepSpeed builds anything.
+    """
+    import deepspeed
+
+    if config is None and args is not None:
+        config = getattr(args, "deepspeed_config", None)
+    if config is None:
+        raise ConfigError("config", "a DeepSpeed config (dict or JSON path) is required")
+    raptr_config, ds_config = split_ds_config(config)
+    _check_supported(raptr_config, ds_config)
+    blocks = find_blocks(model)
+    schedule = build_schedule(raptr_config, num_layers=len(blocks), total_steps=total_steps)
+    if isinstance(optimizer, torch.optim.Optimizer):
+        if raptr_config.enabled and raptr_config.skipped_layers == "freeze" and \
+                not has_layer_groups(optimizer):
+            raise ConfigError("raptr.skipped_layers", '"freeze" needs an optimizer built from '
+                              "megaraptr.layer_param_groups(model, ...) or none at all")
+        groups = model_parameters
+    else:
+        groups = layer_param_groups(model, blocks, model_parameters)
+    if args is not None and getattr(args, "deepspeed_config", None) is not None:
+        args.deepspeed_config = None  # the dict below is the config; DeepSpeed refuses both
+    ds_engine, ds_optimizer, dataloader, scheduler = deepspeed.initialize(
+        args=args, model=model, optimizer=optimizer, model_parameters=groups,
+        training_data=training_data, lr_scheduler=lr_scheduler, config=ds_config, **ds_kwargs)
+    sampler_seed = raptr_config.seed if raptr_config.seed is not None else (seed or 0)
+    engine = RaptrEngine(ds_engine, config=raptr_config, schedule=schedule, seed=sampler_seed)
+    return engine, ds_optimizer, dataloader, scheduler

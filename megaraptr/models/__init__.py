@@ -1,0 +1,37 @@
+"""Reference models: a BERT-style masked LM and a GPT-style causal LM, in four sizes.
+
+``build_model("bert", "tiny", vocab_size=8192, seq_len=128)``; ``num_layers("base")`` gives a
+size's depth without building anything (for validating a schedule before the model exists).
+"""
+from __future__ import annotations
+
+from megaraptr.models.bert import BertMLM
+from megaraptr.models.blocks import Block, ModelConfig
+from megaraptr.models.gpt import GPTLM
+
+SIZES = {
+    "tiny": dict(num_layers=4, hidden=128, heads=2, ffn=512),       # tests
+    "mini": dict(num_layers=8, hidden=256, heads=4, ffn=1024),      # CPU benchmarks
+    "base": dict(num_layers=12, hidden=768, heads=12, ffn=3072),    # BERT-base shape
+    "medium": dict(num_layers=24, hidden=1024, heads=16, ffn=4096),  # GPT-2-medium shape
+}
+MODELS = {"bert": BertMLM, "gpt": GPTLM}
+DATA_KIND = {"bert": "mlm", "gpt": "causal"}
+
+
+def num_layers(size: str) -> int:
+    return SIZES[size]["num_layers"]
+
+
+def model_config(size: str, *, vocab_size: int, seq_len: int, dropout: float = 0.0) -> ModelConfig:
+    """The :class:`ModelConfig` of a named size, for a tokenizer and sequence length."""
+    return ModelConfig(vocab_size=vocab_size, max_seq_len=seq_len, dropout=dropout, **SIZES[size])
+
+
+def build_model(name: str, size: str, *, vocab_size: int, seq_len: int, dropout: float = 0.0):
+    """A freshly initialised reference model ("bert" or "gpt") of a named size."""
+    return MODELS[name](model_config(size, vocab_size=vocab_size, seq_len=seq_len, dropout=dropout))
+
+
+__all__ = ["BertMLM", "GPTLM", "Block", "ModelConfig", "SIZES", "MODELS", "DATA_KIND",
+           "build_model", "model_config", "num_layers"]

@@ -1,0 +1,122 @@
+"""Pure sampler: (seed, step, stage) -> LayerMask. The only randomness in megaraptr.
+
+Every rank and every pipeline stage calls the same function with the same arguments and gets
+the same subnetwork, with no communication; a resumed run needs only the step. The random
+numbers come from a keyed hash (BLAKE2b of seed, step, layer), so they are identical on every
+machine, Python, NumPy and PyTorch version.
+
+- ``bernoulli`` (the paper): fixed layers always run; every other layer runs with
+  probability p, independently.
+- ``exact``: fixed layers plus a uniform random subset of the others, of the stage's size
+  (the k smallest hash values), so every step costs the same.
+
+Scaling ``inverse_keep_prob`` multiplies a kept stochastic layer's residual branch by 1/p
+(p: that layer's marginal keep probability); fixed layers and ``none`` keep scale 1.
+"""
+from __future__ import annotations
+
+import hashlib
+import struct
+from dataclasses import dataclass
+from typing import Iterable, Tuple
+
+from megaraptr.schedule import Schedule, Stage
+
+_TWO64 = float(2 ** 64)
+
+
+@dataclass(frozen=True)
+class LayerMask:
+    """Which layers run on a step, and the residual scale of each (0 for skipped layers)."""
+
+    active: Tuple[bool, ...]
+    scale: Tuple[float, ...]
+
+    @classmethod
+    def full(cls, num_layers: int) -> "LayerMask":
+        return cls((True,) * num_layers, (1.0,) * num_layers)
+
+    @property
+    def num_active(self) -> int:
+        return sum(self.active)
+
+    @property
+    def active_ids(self) -> Tuple[int, ...]:
+        return tuple(i for i, on in enumerate(self.active) if on)
+
+    @property
+    def skipped_ids(self) -> Tuple[int, ...]:
+        return tuple(i for i, on in enumerate(self.active) if not on)
+
+    def to_bytes(self) -> bytes:
+        """A canonical encoding, for digests and cross-rank checks."""
+        return bytes(self.active) + struct.pack(f"<{len(self.scale)}d", *self.scale)
+
+    def __str__(self) -> str:
+        return "".join("#" if on else "." for on in self.active)
+
+
+def uniform(seed: int, step: int, layer: int) -> float:
+    """A uniform number in [0, 1) that depends only on (seed, step, layer)."""
+    key = struct.pack("<QQQ", seed & 0xFFFFFFFFFFFFFFFF, step, layer)
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") / _TWO64
+
+
+def sample_mask(seed: int, step: int, stage: Stage, *, sampling: str = "bernoulli",
+                scaling: str = "none") -> LayerMask:
+    """The subnetwork of applied step ``step`` (1-based) in ``stage``.
+
+    Args:
+        seed: the sampler seed (the same on every rank).
+        step: applied optimizer step.
+        stage: the step's stage, from :meth:`Schedule.stage_at`.
+        sampling: "bernoulli" or "exact".
+        scaling: "none" or "inverse_keep_prob".
+    """
+    num_layers, fixed = stage.num_layers, set(stage.fixed)
+    if stage.is_full:
+        return LayerMask.full(num_layers)
+    stochastic = [i for i in range(num_layers) if i not in fixed]
+    draws = {i: uniform(seed, step, i) for i in stochastic}
+    if sampling == "exact":
+        keep = stage.exact_layers - len(fixed)
+        kept = set(sorted(stochastic, key=lambda i: (draws[i], i))[:keep])
+        prob = keep / len(stochastic)
+    elif sampling == "bernoulli":
+        kept = {i for i in stochastic if draws[i] < stage.keep_prob}
+        prob = stage.keep_prob
+    else:
+        raise ValueError(f"unknown sampling {sampling!r}")
+    branch = 1.0 / prob if scaling == "inverse_keep_prob" and prob > 0 else 1.0
+    active = tuple(i in fixed or i in kept for i in range(num_layers))
+    scale = tuple(0.0 if not on else (1.0 if i in fixed else branch)
+                  for i, on in enumerate(active))
+    return LayerMask(active, scale)
+
+
+class SubnetworkSampler:
+    """The schedule and seed of a run: ``mask(step)`` for any applied step."""
+
+    def __init__(self, schedule: Schedule, seed: int):
+        self.schedule = schedule
+        self.seed = int(seed)
+
+    def mask(self, step: int) -> LayerMask:
+        stage = self.schedule.stage_at(step)
+        return sample_mask(self.seed, step, stage, sampling=self.schedule.sampling,
+                           scaling=self.schedule.scaling)
+
+    def masks(self, steps: Iterable[int]):
+        return [self.mask(s) for s in steps]
+
+
+class MaskDigest:
+    """A running SHA-256 over the (step, mask) pairs a run actually trained with."""
+
+    def __init__(self, hexdigest: str = ""):
+        self.hexdigest = hexdigest
+
+    def update(self, step: int, mask: LayerMask) -> str:
+        payload = self.hexdigest.encode() + struct.pack("<Q", step) + mask.to_bytes()
+        self.hexdigest = hashlib.sha256(payload).hexdigest()
+        return self.hexdigest

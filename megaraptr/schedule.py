@@ -1,0 +1,224 @@
+"""Pure schedule: applied optimizer step -> Stage, and the layer-FLOPs a schedule spends.
+
+The clock is the number of applied optimizer steps, 1-based: step s is the s-th optimizer
+step of the run (micro-steps and fp16-overflow steps do not count). A schedule is fixed by the
+validated raptr block, the model's depth L and the run's total steps N:
+
+- an optional full-model warmup stage of ``full_model_warmup_steps`` steps, then
+- the configured stages over the remaining steps: explicit ``steps`` or ``fraction`` where
+  given, the rest shared equally; the last stage must be the full model and runs to step N.
+
+With F fixed layers and S = L - F stochastic ones, a stage of keep probability p has expected
+depth F + p * S; "6-8-10-12" of 12 layers with the first and last fixed is p = .4 .6 .8 1.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import List, Optional, Sequence, Tuple
+
+from megaraptr.config import RaptrConfig, StageSpec
+from megaraptr.errors import ConfigError
+
+_EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One stage: steps first_step..last_step (inclusive) train this much of the model."""
+
+    index: int
+    name: str
+    first_step: int
+    last_step: int
+    keep_prob: float
+    """Marginal probability that a non-fixed layer runs."""
+    num_layers: int
+    fixed: Tuple[int, ...]
+    exact_layers: Optional[int] = None
+    """With "exact" sampling: the number of layers that run on every step of the stage."""
+
+    @property
+    def num_steps(self) -> int:
+        return self.last_step - self.first_step + 1
+
+    @property
+    def expected_layers(self) -> float:
+        if self.exact_layers is not None:
+            return float(self.exact_layers)
+        stochastic = self.num_layers - len(self.fixed)
+        return len(self.fixed) + self.keep_prob * stochastic
+
+    @property
+    def is_full(self) -> bool:
+        return self.keep_prob >= 1.0
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The stages of one run over steps 1..total_steps."""
+
+    stages: Tuple[Stage, ...]
+    total_steps: int
+    num_layers: int
+    sampling: str = "bernoulli"
+    scaling: str = "none"
+
+    def stage_at(self, step: int) -> Stage:
+        """The stage of applied step ``step`` (1-based); steps past the end stay in the last."""
+        if step < 1:
+            raise ValueError(f"steps are 1-based, got {step}")
+        for stage in self.stages:
+            if step <= stage.last_step:
+                return stage
+        return self.stages[-1]
+
+    def expected_flops_fraction(self, upto: Optional[int] = None) -> float:
+        """Expected layer FLOPs of steps 1..upto relative to full-model training."""
+        upto = self.total_steps if upto is None else upto
+        if upto < 1:
+            return 1.0
+        spent = 0.0
+        for stage in self.stages:
+            overlap = min(stage.last_step, upto) - stage.first_step + 1
+            if overlap > 0:
+                spent += overlap * stage.expected_layers
+        last = self.stages[-1]
+        if upto > last.last_step:
+            spent += (upto - last.last_step) * last.expected_layers
+        return spent / (upto * self.num_layers)
+
+    def fingerprint(self) -> str:
+        """A short hash of everything that decides the subnetworks (the seed aside)."""
+        payload = json.dumps(asdict(self), sort_keys=True).encode()
+        return hashlib.sha256(payload).hexdigest()[:16]
+
+    def describe(self) -> List[dict]:
+        """One row per stage, for logs and the config tool."""
+        return [{"stage": s.name, "steps": f"{s.first_step}-{s.last_step}",
+                 "keep_prob": round(s.keep_prob, 4), "expected_layers": round(s.expected_layers, 3),
+                 "layer_flops": round(s.expected_layers / self.num_layers, 4)} for s in self.stages]
+
+
+def full_schedule(num_layers: int, total_steps: int) -> Schedule:
+    """Full-model training every step (RAPTR disabled): one stage with keep_prob 1."""
+    fixed = tuple(range(num_layers))
+    stage = Stage(0, "full", 1, total_steps, 1.0, num_layers, fixed)
+    return Schedule((stage,), total_steps, num_layers)
+
+
+def resolve_fixed_layers(fixed_layers: Sequence[int], num_layers: int) -> Tuple[int, ...]:
+    """Normalise negative indices; reject layers outside the model."""
+    resolved = []
+    for i, layer in enumerate(fixed_layers):
+        if not -num_layers <= layer < num_layers:
+            raise ConfigError(f"raptr.fixed_layers[{i}]",
+                              f"layer {layer} is outside the model; allowed: {-num_layers} to "
+                              f"{num_layers - 1} for {num_layers} layers")
+        resolved.append(layer % num_layers)
+    return tuple(sorted(set(resolved)))
+
+
+def _keep_prob(spec: StageSpec, key: str, num_layers: int, num_fixed: int) -> float:
+    stochastic = num_layers - num_fixed
+    if spec.keep_prob is not None:
+        return spec.keep_prob
+    depth = spec.layers
+    if depth > num_layers + _EPS:
+        raise ConfigError(f"{key}.layers", f"{depth:g} layers is above the model's {num_layers}; "
+                          f"allowed: {num_fixed} to {num_layers}")
+    if depth < num_fixed - _EPS:
+        raise ConfigError(f"{key}.layers", f"{depth:g} layers is below the {num_fixed} fixed "
+                          f"layers; allowed: {num_fixed} to {num_layers}")
+    return 1.0 if stochastic == 0 else min(1.0, max(0.0, (depth - num_fixed) / stochastic))
+
+
+def _exact_count(prob: float, key: str, num_layers: int, num_fixed: int) -> int:
+    depth = num_fixed + prob * (num_layers - num_fixed)
+    if abs(depth - round(depth)) > 1e-6:
+        raise ConfigError(key, f"gives {depth:g} expected layers; sampling \"exact\" needs a whole "
+                          "number of layers (use \"layers\": k)")
+    return int(round(depth))
+
+
+def _lengths(specs: Sequence[StageSpec], staged: int, warmup: int) -> List[int]:
+    lengths: List[Optional[int]] = []
+    for spec in specs:
+        if spec.steps is not None:
+            lengths.append(spec.steps)
+        elif spec.fraction is not None:
+            lengths.append(max(1, round(spec.fraction * staged)))
+        else:
+            lengths.append(None)
+    given = sum(n for n in lengths if n is not None)
+    free = [i for i, n in enumerate(lengths) if n is None]
+    run = f"the run has {staged} steps after warmup (train steps {staged + warmup}, " \
+          f"full_model_warmup_steps {warmup})"
+    if not free:
+        if given != staged and specs[-1].fraction is not None and abs(given - staged) <= len(specs):
+            lengths[-1] += staged - given  # rounding of fractions lands on the last stage
+        elif given != staged:
+            raise ConfigError("raptr.schedule", f"stage lengths add up to {given} steps but {run}")
+        return lengths
+    left = staged - given
+    if left < len(free):
+        raise ConfigError("raptr.schedule", f"{len(specs)} stages need at least one step each; "
+                          f"explicit lengths take {given} steps and {run}")
+    bounds = [round(j * left / len(free)) for j in range(len(free) + 1)]
+    for j, i in enumerate(free):
+        lengths[i] = bounds[j + 1] - bounds[j]
+    return lengths
+
+
+def build_schedule(config: RaptrConfig, *, num_layers: int, total_steps: int) -> Schedule:
+    """Resolve the raptr block against the model depth and run length.
+
+    Args:
+        config: the validated raptr block; disabled gives :func:`full_schedule`.
+        num_layers: the model's number of transformer blocks L.
+        total_steps: N, the run's total applied optimizer steps.
+
+    Raises:
+        ConfigError: depth outside the model, a shrinking schedule, one not ending at the full
+            model, lengths that do not fit the run.
+    """
+    if num_layers < 1:
+        raise ConfigError("model", f"needs at least one layer, got {num_layers}")
+    if total_steps < 1:
+        raise ConfigError("train_steps", f"must be at least 1, got {total_steps}")
+    if not config.enabled:
+        return full_schedule(num_layers, total_steps)
+    fixed = resolve_fixed_layers(config.fixed_layers, num_layers)
+    warmup = config.full_model_warmup_steps
+    if warmup >= total_steps:
+        raise ConfigError("raptr.full_model_warmup_steps",
+                          f"{warmup} leaves no steps for the stages of a {total_steps}-step run")
+    probs, exact = [], []
+    for i, spec in enumerate(config.schedule):
+        key = f"raptr.schedule[{i}]"
+        prob = _keep_prob(spec, key, num_layers, len(fixed))
+        if probs and prob < probs[-1] - _EPS:
+            raise ConfigError(key, f"keep probability {prob:.4g} is below the previous stage's "
+                              f"{probs[-1]:.4g}; allowed: a schedule that never shrinks")
+        probs.append(prob)
+        if config.sampling == "exact":
+            exact.append(_exact_count(prob, key, num_layers, len(fixed)))
+    if probs[-1] < 1.0 - _EPS:
+        last = len(probs) - 1
+        raise ConfigError(f"raptr.schedule[{last}]",
+                          f"the last stage must be the full model ({num_layers} layers or "
+                          f"keep_prob 1), got expected depth "
+                          f"{len(fixed) + probs[-1] * (num_layers - len(fixed)):.4g}")
+    lengths = _lengths(config.schedule, total_steps - warmup, warmup)
+    stages, step = [], 1
+    if warmup:
+        stages.append(Stage(0, "warmup", 1, warmup, 1.0, num_layers, fixed,
+                            num_layers if config.sampling == "exact" else None))
+        step = warmup + 1
+    for i, (prob, length) in enumerate(zip(probs, lengths)):
+        stages.append(Stage(len(stages), f"stage{i + 1}", step, step + length - 1,
+                            1.0 if prob > 1.0 - _EPS else prob, num_layers, fixed,
+                            exact[i] if exact else None))
+        step += length
+    return Schedule(tuple(stages), total_steps, num_layers, config.sampling, config.scaling)

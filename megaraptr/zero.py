@@ -1,0 +1,112 @@
+"""What the ZeRO optimizers need for skipped layers: per-layer groups and the freeze policy.
+
+``"skipped_layers": "freeze"`` means that on a step where a layer is skipped its weights (low
+precision and fp32 master), its optimizer state (Adam moments and step count) and its weight
+decay do not move, and the optimizer spends no work on it. megaraptr gets this without
+touching DeepSpeed's code paths:
+
+1. :func:`layer_param_groups` splits the optimizer's parameter groups so that each group holds
+   the parameters of at most one block, tagged ``group["raptr_layer"] = layer_id`` (-1 for
+   embeddings, head and anything shared). DeepSpeed keeps one flat fp32 partition per group
+   under ZeRO-1/2 and the bf16 optimizer, so a group is exactly one layer's slice.
+2. :class:`FrozenLayers` wraps the *basic* (torch) optimizer's ``step``: groups of the step's
+   skipped layers are left out of ``param_groups`` for that call. Every DeepSpeed wrapper
+   (ZeRO-0 fp32, the bf16 and fp16 optimizers, ZeRO-1/2, which steps one group at a time)
+   ends in that call, then copies the unchanged fp32 master back into the model weights.
+   The step count of each group is its own, so Adam's bias correction stays per layer.
+
+``"momentum"`` leaves everything to DeepSpeed: skipped layers get zero gradients and the
+optimizer still applies momentum and weight decay to them.
+"""
+from __future__ import annotations
+
+from typing import Iterable, List, Optional, Sequence
+
+import torch
+from torch import nn
+
+NOT_A_LAYER = -1
+GROUP_KEY = "raptr_layer"
+
+
+def _as_groups(model: nn.Module, model_parameters) -> List[dict]:
+    if model_parameters is None:
+        return [{"params": [p for p in model.parameters() if p.requires_grad]}]
+    items = list(model_parameters)
+    if items and isinstance(items[0], dict):
+        return [dict(g, params=list(g["params"])) for g in items]
+    return [{"params": items}]
+
+
+def layer_param_groups(model: nn.Module, blocks: Sequence[nn.Module],
+                       model_parameters: Optional[Iterable] = None) -> List[dict]:
+    """Split parameter groups by block and tag each with its layer id.
+
+    Args:
+        model: the model holding ``blocks``.
+        blocks: the marked blocks (``megaraptr.layers.find_blocks``).
+        model_parameters: None (all trainable parameters), an iterable of parameters, or a list
+            of group dicts (their options, e.g. weight_decay, are kept per split group).
+
+    Returns:
+        Group dicts; each holds the parameters of one layer, or of no layer (tag -1).
+    """
+    owner = {}
+    for block in blocks:
+        for param in block.parameters():
+            owner[id(param)] = NOT_A_LAYER if id(param) in owner else block.layer_id
+    split = []
+    for group in _as_groups(model, model_parameters):
+        by_layer = {}
+        for param in group["params"]:
+            by_layer.setdefault(owner.get(id(param), NOT_A_LAYER), []).append(param)
+        for layer_id in sorted(by_layer):
+            split.append(dict(group, params=by_layer[layer_id], **{GROUP_KEY: layer_id}))
+    return split
+
+
+def has_layer_groups(optimizer: torch.optim.Optimizer) -> bool:
+    return all(GROUP_KEY in g for g in optimizer.param_groups)
+
+
+class FrozenLayers:
+    """Leave skipped layers' parameter groups out of the basic optimizer's step.
+
+    Args:
+        basic_optimizer: the torch optimizer DeepSpeed wraps (``engine.basic_optimizer``).
+        ds_optimizer: DeepSpeed's wrapper (``engine.optimizer``); told to re-link its
+            optimizer-state views when a group is stepped for the first time.
+    """
+
+    def __init__(self, basic_optimizer: torch.optim.Optimizer, ds_optimizer=None):
+        if not has_layer_groups(basic_optimizer):
+            raise ValueError('"skipped_layers": "freeze" needs per-layer parameter groups: build '
+                             "the optimizer from megaraptr.layer_param_groups(model, ...)")
+        self.frozen: frozenset = frozenset()
+        self._optimizer = basic_optimizer
+        self._ds_optimizer = ds_optimizer
+        self._step = basic_optimizer.step
+        basic_optimizer.step = self._filtered_step
+
+    def set_frozen(self, layer_ids: Iterable[int]) -> None:
+        """Layers whose groups the next optimizer step leaves alone."""
+        self.frozen = frozenset(layer_ids)
+
+    def _filtered_step(self, *args, **kwargs):
+        opt = self._optimizer
+        groups = opt.param_groups
+        keep = [g for g in groups if g.get(GROUP_KEY, NOT_A_LAYER) not in self.frozen]
+        fresh = any(not opt.state.get(p) for g in keep for p in g["params"])
+        if len(keep) == len(groups):
+            out = self._step(*args, **kwargs)
+        else:
+            opt.param_groups = keep
+            try:
+                out = self._step(*args, **kwargs)
+            finally:
+                opt.param_groups = groups
+        if fresh and hasattr(self._ds_optimizer, "_hp_optimizer_states_linked"):
+            # DeepSpeed links per-parameter views of the optimizer state once, after the first
+            # step; a group first stepped later (frozen until now) needs linking again.
+            self._ds_optimizer._hp_optimizer_states_linked = False
+        return out
