@@ -21,9 +21,8 @@ import json
 import sys
 from pathlib import Path
 
+from megaraptr.data.resolve import SAMPLE_DIR
 from megaraptr.errors import DataError
-
-SAMPLE_DIR = Path(__file__).resolve().parent / "sample"
 
 # Source name -> (where it came from, licence), as in the shared corpus README.
 PUBLIC_DOMAIN_SOURCES: dict[str, tuple[str, str]] = {

@@ -1,0 +1,47 @@
+"""Shared test helpers: CPU DeepSpeed environment and time-bounded multi-process launches."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = ROOT.parent / "shared" / "data" / "corpus"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def cpu_env(tmp_cache: Path | None = None, **extra) -> dict:
+    """Environment for a DeepSpeed process on CPU (gloo, one thread, no tokenizer threads)."""
+    env = dict(os.environ, DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1",
+               TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def run(cmd: list, *, timeout: int, env: dict | None = None, cwd=ROOT,
+        check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command under a hard timeout; on failure show the tail of its output."""
+    proc = subprocess.run(["timeout", "-k", "10", str(timeout)] + [str(c) for c in cmd],
+                          cwd=cwd, env=env or cpu_env(), capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        pytest.fail(f"{' '.join(map(str, cmd))} exited {proc.returncode}\n"
+                    f"--- stdout ---\n{proc.stdout[-4000:]}\n--- stderr ---\n{proc.stderr[-6000:]}")
+    return proc
+
+
+def torchrun(nproc: int, args: list, **kwargs) -> subprocess.CompletedProcess:
+    """``torchrun --nproc_per_node nproc`` on a free local port."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port())] + args
+    return run(cmd, **kwargs)
