@@ -68,7 +68,7 @@ class RaptrConfig(BaseModel):
     skipped_layers: Literal["freeze", "momentum"] = "freeze"
     """freeze: a skipped layer's weights and optimizer state do not change on that step;
     momentum: the zero-gradient update plain DeepSpeed applies."""
-    seed: Optional[int] = Field(default=None, ge=0)
+    seed: Optional[int] = Field(default=None, ge=0, le=2 ** 63 - 1)
     """Seed of the subnetwork sampler; None takes the run's seed."""
     consistency_check_interval: int = Field(default=100, ge=0)
     """Every N applied steps, check with one collective that all ranks chose the same
@@ -79,21 +79,16 @@ class RaptrConfig(BaseModel):
     def _parse_depth_string(cls, value: Any) -> Any:
         if isinstance(value, str):
             if not _DEPTHS.match(value):
-                raise ValueError(f'"{value}" is not a schedule; allowed: expected depths joined '
-                                 'by "-" such as "6-8-10-12", or a list of stages')
+                raise ValueError(f'{json.dumps(value)} is not a schedule; allowed: expected '
+                                 'depths joined by "-" such as "6-8-10-12", or a list of stages')
             return [{"layers": float(v) if "." in v else int(v)} for v in value.split("-")]
         return value
-
-    @model_validator(mode="after")
-    def _needs_schedule(self) -> "RaptrConfig":
-        if self.enabled and not self.schedule:
-            raise ValueError('"schedule" is required when "enabled" is true, e.g. "6-8-10-12"')
-        return self
 
 
 def _key_path(loc: tuple) -> str:
     path = "raptr"
     for part in loc:
+        part = part if isinstance(part, int) or str(part).isprintable() else json.dumps(part)
         path += f"[{part}]" if isinstance(part, int) else f".{part}"
     return path
 
@@ -125,9 +120,13 @@ def parse_raptr_block(block: Any) -> RaptrConfig:
     if not isinstance(block, dict):
         raise ConfigError("raptr", f"expected an object {{...}}, got {type(block).__name__}")
     try:
-        return RaptrConfig.model_validate(block)
+        config = RaptrConfig.model_validate(block)
     except ValidationError as err:
         raise _format(err) from None
+    if config.enabled and not config.schedule:
+        raise ConfigError("raptr.schedule", 'required when "enabled" is true, e.g. "6-8-10-12" '
+                          "or a list of stages")
+    return config
 
 
 def load_ds_config(config: Union[str, os.PathLike, dict]) -> dict:

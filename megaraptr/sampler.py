@@ -81,7 +81,7 @@ def sample_mask(seed: int, step: int, stage: Stage, *, sampling: str = "bernoull
     if sampling == "exact":
         keep = stage.exact_layers - len(fixed)
         kept = set(sorted(stochastic, key=lambda i: (draws[i], i))[:keep])
-        prob = keep / len(stochastic)
+        prob = keep / len(stochastic) if stochastic else 1.0
     elif sampling == "bernoulli":
         kept = {i for i in stochastic if draws[i] < stage.keep_prob}
         prob = stage.keep_prob

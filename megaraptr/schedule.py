@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 from megaraptr.config import RaptrConfig, StageSpec
@@ -90,8 +90,12 @@ class Schedule:
         return spent / (upto * self.num_layers)
 
     def fingerprint(self) -> str:
-        """A short hash of everything that decides the subnetworks (the seed aside)."""
-        payload = json.dumps(asdict(self), sort_keys=True).encode()
+        """A short hash of everything that decides the subnetworks (the seed aside); stage
+        names and numbering do not count."""
+        spans = [[s.first_step, s.last_step, s.keep_prob, list(s.fixed), s.exact_layers]
+                 for s in self.stages]
+        payload = json.dumps([self.total_steps, self.num_layers, self.sampling, self.scaling,
+                              spans]).encode()
         return hashlib.sha256(payload).hexdigest()[:16]
 
     def describe(self) -> List[dict]:
@@ -142,32 +146,43 @@ def _exact_count(prob: float, key: str, num_layers: int, num_fixed: int) -> int:
     return int(round(depth))
 
 
+def _split(total: int, weights: Sequence[float]) -> List[int]:
+    """Split ``total`` steps in proportion to ``weights`` by rounding running sums."""
+    cum, bounds = 0.0, [0]
+    for w in weights:
+        cum += w
+        bounds.append(round(total * cum / sum(weights)))
+    return [b - a for a, b in zip(bounds, bounds[1:])]
+
+
 def _lengths(specs: Sequence[StageSpec], staged: int, warmup: int) -> List[int]:
-    lengths: List[Optional[int]] = []
-    for spec in specs:
-        if spec.steps is not None:
-            lengths.append(spec.steps)
-        elif spec.fraction is not None:
-            lengths.append(max(1, round(spec.fraction * staged)))
-        else:
-            lengths.append(None)
-    given = sum(n for n in lengths if n is not None)
-    free = [i for i, n in enumerate(lengths) if n is None]
+    """Stage lengths: explicit ``steps``; ``fraction`` of the staged run; the rest shared."""
     run = f"the run has {staged} steps after warmup (train steps {staged + warmup}, " \
           f"full_model_warmup_steps {warmup})"
-    if not free:
-        if given != staged and specs[-1].fraction is not None and abs(given - staged) <= len(specs):
-            lengths[-1] += staged - given  # rounding of fractions lands on the last stage
-        elif given != staged:
-            raise ConfigError("raptr.schedule", f"stage lengths add up to {given} steps but {run}")
-        return lengths
-    left = staged - given
-    if left < len(free):
-        raise ConfigError("raptr.schedule", f"{len(specs)} stages need at least one step each; "
-                          f"explicit lengths take {given} steps and {run}")
-    bounds = [round(j * left / len(free)) for j in range(len(free) + 1)]
-    for j, i in enumerate(free):
-        lengths[i] = bounds[j + 1] - bounds[j]
+    fixed_steps = sum(s.steps for s in specs if s.steps is not None)
+    fracs = [i for i, s in enumerate(specs) if s.fraction is not None]
+    free = [i for i, s in enumerate(specs) if s.steps is None and s.fraction is None]
+    share = sum(specs[i].fraction for i in fracs) * staged
+    if not free and fracs and abs(fixed_steps + share - staged) >= 0.5:
+        raise ConfigError("raptr.schedule", f"stage lengths add up to {fixed_steps + share:g} "
+                          f"steps but {run}")
+    if not free and not fracs and fixed_steps != staged:
+        raise ConfigError("raptr.schedule", f"stage lengths add up to {fixed_steps} steps but {run}")
+    lengths = [s.steps or 0 for s in specs]
+    if fracs:
+        rounded = round(share) if free else staged - fixed_steps
+        for i, n in zip(fracs, _split(rounded, [specs[i].fraction for i in fracs])):
+            lengths[i] = n
+    left = staged - sum(lengths)
+    if free:
+        if left < len(free):
+            raise ConfigError("raptr.schedule", f"{len(specs)} stages need at least one step "
+                              f"each; explicit lengths take {staged - left} steps and {run}")
+        for i, n in zip(free, _split(left, [1.0] * len(free))):
+            lengths[i] = n
+    if min(lengths) < 1:
+        raise ConfigError("raptr.schedule", f"a stage gets {min(lengths)} steps; every stage "
+                          f"needs at least one and {run}")
     return lengths
 
 

@@ -34,4 +34,11 @@ def build_model(name: str, size: str, *, vocab_size: int, seq_len: int, dropout:
 
 
 __all__ = ["BertMLM", "GPTLM", "Block", "ModelConfig", "SIZES", "MODELS", "DATA_KIND",
-           "build_model", "model_config", "num_layers"]
+           "build_model", "model_config", "num_layers", "optimizer_groups"]
+
+
+def optimizer_groups(model, no_decay_dims: int = 1):
+    """Two parameter groups: weights with decay; biases and LayerNorm (1-D) without."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() > no_decay_dims]
+    rest = [p for p in model.parameters() if p.requires_grad and p.dim() <= no_decay_dims]
+    return [{"params": decay}, {"params": rest, "weight_decay": 0.0}]

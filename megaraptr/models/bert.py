@@ -38,7 +38,7 @@ class BertMLM(nn.Module):
         """Hidden states after the final LayerNorm, (B, T, H)."""
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         x = self.drop(self.emb_ln(self.tok_emb(input_ids) + self.pos_emb(positions)))
-        mask = padding_mask(attention_mask, x.dtype)
+        mask = padding_mask(attention_mask)
         for block in self.blocks:
             x = block(x, mask)
         return self.final_ln(x)
@@ -54,4 +54,5 @@ class BertMLM(nn.Module):
             return self.head(hidden)
         selected = labels != -100
         logits = self.head(hidden[selected])
-        return F.cross_entropy(logits.float(), labels[selected])
+        total = F.cross_entropy(logits.float(), labels[selected], reduction="sum")
+        return total / selected.sum().clamp(min=1)  # 0, not NaN, with nothing masked

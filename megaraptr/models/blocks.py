@@ -101,7 +101,7 @@ def init_weights(model: nn.Module, num_layers: int, std: float = 0.02) -> None:
             nn.init.normal_(param, mean=0.0, std=std / math.sqrt(2 * num_layers))
 
 
-def padding_mask(attention_mask: Optional[torch.Tensor], dtype: torch.dtype):
+def padding_mask(attention_mask: Optional[torch.Tensor]):
     """(B, T) 1/0 key mask -> boolean (B, 1, 1, T) for SDPA, or None when nothing is padded."""
     if attention_mask is None:
         return None
