@@ -7,7 +7,7 @@ config -> schedule -> sampler -> layers -> zero/engine -> monitor/checkpoint.
 from megaraptr.config import RaptrConfig, parse_raptr_block, split_ds_config
 from megaraptr.errors import (CheckpointError, ConfigError, DataError, MegaraptrError,
                               RankMismatchError)
-from megaraptr.layers import find_blocks, mark_block, set_layer_mask, skippable
+from megaraptr.layers import find_blocks, mark_block, residual_scale, set_layer_mask, skippable
 from megaraptr.sampler import LayerMask, SubnetworkSampler, sample_mask
 from megaraptr.schedule import Schedule, Stage, build_schedule
 from megaraptr.zero import layer_param_groups
@@ -24,5 +24,6 @@ def initialize(*args, **kwargs):
 
 __all__ = ["initialize", "RaptrConfig", "parse_raptr_block", "split_ds_config", "Schedule",
            "Stage", "build_schedule", "LayerMask", "SubnetworkSampler", "sample_mask",
-           "find_blocks", "mark_block", "set_layer_mask", "skippable", "layer_param_groups",
+           "find_blocks", "mark_block", "residual_scale", "set_layer_mask", "skippable",
+           "layer_param_groups",
            "MegaraptrError", "ConfigError", "DataError", "RankMismatchError", "CheckpointError"]

@@ -11,6 +11,7 @@ restores ``global_steps``). What the step cannot give is the run's history and i
 """
 from __future__ import annotations
 
+import glob
 import os
 from typing import Optional
 
@@ -60,6 +61,45 @@ def find_checkpoint(load_dir: str, tag: Optional[str] = None) -> str:
     return path
 
 
+def read_raptr_state(checkpoint_path: str) -> Optional[dict]:
+    """megaraptr's state from a checkpoint folder, read lazily (mmap) before any engine exists."""
+    import torch
+
+    files = sorted(glob.glob(os.path.join(checkpoint_path, "*model_states.pt")))
+    if not files:
+        raise CheckpointError(f"{checkpoint_path}: no DeepSpeed model states file in it")
+    try:
+        states = torch.load(files[0], map_location="cpu", weights_only=False, mmap=True)
+    except Exception as err:  # a truncated or foreign file: say which, in one line
+        raise CheckpointError(f"{files[0]}: cannot be read ({type(err).__name__}: {err})") \
+            from None
+    return states.get("raptr")
+
+
+def check_compatible(state: Optional[dict], schedule, seed: int, where: str,
+                     override_schedule: bool) -> None:
+    """Refuse a checkpoint trained under another schedule or seed, unless overridden.
+
+    Raises:
+        CheckpointError: naming both schedules and the override flag.
+    """
+    if state is None:
+        if not override_schedule:
+            raise CheckpointError(f"{where} holds no megaraptr state; resume it with the override "
+                                  "flag (--override-raptr-schedule) to start a RAPTR history at "
+                                  "its step")
+        return
+    if state.get("version") != VERSION:
+        raise CheckpointError(f"{where}: megaraptr state version {state.get('version')}, this "
+                              f"megaraptr reads version {VERSION}")
+    same = state["schedule_fingerprint"] == schedule.fingerprint() and state["seed"] == seed
+    if not same and not override_schedule:
+        raise CheckpointError(
+            f"{where} was trained with {state['schedule']}; this run has "
+            f"{describe(schedule, seed)}. Resume with the same raptr block, seed and train "
+            "steps, or pass --override-raptr-schedule")
+
+
 def restore_raptr_state(engine, path: Optional[str], client_state: Optional[dict],
                         override_schedule: bool) -> None:
     """Check the checkpoint's schedule against the engine's and restore the run's history.
@@ -71,21 +111,9 @@ def restore_raptr_state(engine, path: Optional[str], client_state: Optional[dict
     if path is None:
         raise CheckpointError("no checkpoint was loaded (DeepSpeed found none)")
     state = (client_state or {}).get("raptr")
+    check_compatible(state, engine.schedule, engine.seed, path, override_schedule)
     if state is None:
-        if not override_schedule:
-            raise CheckpointError(f"{path} holds no megaraptr state; resume it with the override "
-                                  "flag to start a RAPTR history at its step")
         return
-    if state.get("version") != VERSION:
-        raise CheckpointError(f"{path}: megaraptr state version {state.get('version')}, this "
-                              f"megaraptr reads version {VERSION}")
-    same = (state["schedule_fingerprint"] == engine.schedule.fingerprint()
-            and state["seed"] == engine.seed)
-    if not same and not override_schedule:
-        raise CheckpointError(
-            f"{path} was trained with {state['schedule']}; this run has "
-            f"{describe(engine.schedule, engine.seed)}. Resume with the same raptr block, seed "
-            "and train steps, or pass the override flag (--override-raptr-schedule)")
     if state["applied_steps"] != engine.applied_steps:
         raise CheckpointError(f"{path}: megaraptr state is at step {state['applied_steps']} but "
                               f"DeepSpeed restored step {engine.applied_steps}")

@@ -83,6 +83,24 @@ class RaptrEngine:
         """Optimizer steps applied so far (the schedule's clock)."""
         return self.ds.global_steps - self.ds.skipped_steps
 
+    @property
+    def data_parallel_rank(self) -> int:
+        from deepspeed import comm as dist
+
+        return dist.get_rank(group=self.ds.data_parallel_group)
+
+    @property
+    def data_parallel_size(self) -> int:
+        return self.ds.dp_world_size
+
+    def mean_over_ranks(self, value: float) -> float:
+        """The mean of a per-rank number over the data-parallel ranks (one all-reduce)."""
+        from deepspeed import comm as dist
+
+        total = torch.tensor([value], dtype=torch.float64, device=self.ds.device)
+        dist.all_reduce(total, group=self.ds.data_parallel_group)
+        return float(total) / self.data_parallel_size
+
     def layer_flops_fraction(self) -> float:
         """Layer FLOPs spent so far relative to full-model training of as many steps."""
         steps = self.applied_steps

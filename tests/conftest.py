@@ -5,12 +5,16 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT.parent / "shared" / "data" / "corpus"
+
+# Prepared data goes to a cache of this test session, never to the user's ~/.cache.
+os.environ.setdefault("MEGARAPTR_CACHE", tempfile.mkdtemp(prefix="megaraptr-test-cache-"))
 
 
 def free_port() -> int:

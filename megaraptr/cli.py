@@ -1,0 +1,80 @@
+"""Command-line surface of ``megaraptr-train``: the flags, their defaults and checks.
+
+argparse rejects malformed flags with exit code 2; :func:`parse_args` adds the checks that
+need more than one flag and the launchers' conventions (``--local_rank`` from the deepspeed
+launcher, ``--deepspeed`` as a no-op switch like DeepSpeed's own scripts).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from typing import List, Optional
+
+from megaraptr.models import MODELS, SIZES
+
+DEFAULT_SEQ_LEN = {"tiny": 128, "mini": 128, "base": 512, "medium": 1024}
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="megaraptr-train", description=__doc__.split("\n")[0])
+    p.add_argument("--deepspeed_config", "--deepspeed-config", required=True, metavar="FILE",
+                   help="DeepSpeed JSON config with an optional \"raptr\" block")
+    p.add_argument("--deepspeed", action="store_true", help="accepted for compatibility")
+    p.add_argument("--model", choices=sorted(MODELS), default="bert")
+    p.add_argument("--size", choices=list(SIZES), default="tiny")
+    p.add_argument("--data", metavar="PATH", default=None,
+                   help="prepared shards (a folder with index.json) or raw .txt/.jsonl(.gz) "
+                        "files or folders, prepared on the fly; default: the built-in sample")
+    p.add_argument("--tokenizer", metavar="FILE", default=None,
+                   help="tokenizer.json to use instead of training one on the data")
+    p.add_argument("--vocab-size", type=_positive, default=8192)
+    p.add_argument("--seq-len", type=_positive, default=None,
+                   help="tokens per sequence (default by size: tiny/mini 128, base 512, "
+                        "medium 1024)")
+    p.add_argument("--train-steps", type=_positive, required=True,
+                   help="the run's total optimizer steps; a resumed run continues up to it")
+    p.add_argument("--exit-at-step", type=_positive, default=None,
+                   help="save and exit cleanly after this step (the schedule still spans "
+                        "--train-steps)")
+    p.add_argument("--eval-interval", type=_non_negative, default=0,
+                   help="evaluate the full model every N steps (always at start and end)")
+    p.add_argument("--eval-sequences", type=_positive, default=64,
+                   help="held-out sequences per evaluation")
+    p.add_argument("--save", metavar="DIR", default=None)
+    p.add_argument("--save-interval", type=_non_negative, default=0)
+    p.add_argument("--load", metavar="DIR", default=None)
+    p.add_argument("--override-raptr-schedule", action="store_true",
+                   help="resume although the checkpoint was trained under another schedule")
+    p.add_argument("--seed", type=_non_negative, default=1234)
+    p.add_argument("--lr", type=float, default=1e-3,
+                   help="learning rate when the config has no optimizer block")
+    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--summary", metavar="FILE", default=None, help="JSON written at the end")
+    p.add_argument("--local_rank", "--local-rank", type=int,
+                   default=int(os.environ.get("LOCAL_RANK", 0)), help=argparse.SUPPRESS)
+    return p
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    args.notes = []  # what the run changed in the config, printed once it starts
+    if args.seq_len is None:
+        args.seq_len = DEFAULT_SEQ_LEN[args.size]
+    if not 0.0 <= args.dropout < 1.0:
+        parser.error(f"--dropout: must be in [0, 1), got {args.dropout}")
+    return args

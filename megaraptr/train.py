@@ -1,0 +1,204 @@
+"""Pretrain a reference BERT or GPT model with RAPTR under DeepSpeed.
+
+    python -m megaraptr.train --deepspeed_config ds_configs/tiny_raptr_cpu.json \
+        --model bert --size tiny --train-steps 300 --save runs/ckpt --summary runs/summary.json
+    deepspeed --num_gpus 8 -m megaraptr.train --deepspeed_config ... (or launch/train.sh)
+    torchrun --nproc_per_node 2 -m megaraptr.train ...
+
+Works under the deepspeed launcher, torchrun, and as one plain process. Flipping
+``"raptr": {"enabled": false}`` trains the full model through the same code path. Order of
+work: every input is validated (config, schedule, data paths, checkpoint) before the process
+group, the data cache or the model is built; bad input exits 2 with one line on stderr.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import sys
+import time
+from typing import List, Optional
+
+import torch
+
+from megaraptr import monitor
+from megaraptr.checkpoint import check_compatible, find_checkpoint, read_raptr_state
+from megaraptr.cli import parse_args
+from megaraptr.config import split_ds_config
+from megaraptr.errors import ConfigError, MegaraptrError
+from megaraptr.models import DATA_KIND, build_model, num_layers, optimizer_groups
+from megaraptr.schedule import build_schedule
+
+
+def prepare_ds_config(args, ds_config: dict, raptr_enabled: bool) -> dict:
+    """Fill what the run decides: the default optimizer, the scheduler's length (the run's
+    --train-steps) and the TensorBoard job name when the config leaves it out."""
+    ds_config.setdefault("optimizer", {"type": "AdamW", "params": {
+        "lr": args.lr, "betas": [0.9, 0.98], "eps": 1e-6, "weight_decay": 0.01,
+        "torch_adam": True}})
+    scheduler = ds_config.get("scheduler")
+    params = scheduler.setdefault("params", {}) if scheduler else {}
+    if "total_num_steps" in params or \
+            (scheduler or {}).get("type") in ("WarmupDecayLR", "WarmupCosineLR"):
+        before = params.get("total_num_steps")
+        params["total_num_steps"] = args.train_steps
+        if before not in (None, "auto", args.train_steps):
+            args.notes.append(f"scheduler.params.total_num_steps {before} -> {args.train_steps} "
+                              "(--train-steps)")
+    board = ds_config.get("tensorboard")
+    if board is not None and "job_name" not in board:
+        method = "raptr" if raptr_enabled else "full"
+        board["job_name"] = f"{args.model}-{args.size}-{method}-seed{args.seed}"
+    return ds_config
+
+
+def validate(args):
+    """Everything that can be checked before expensive work; returns (raptr, ds_config)."""
+    raptr_config, ds_config = split_ds_config(args.deepspeed_config)
+    schedule = build_schedule(raptr_config, num_layers=num_layers(args.size),
+                              total_steps=args.train_steps)
+    if args.exit_at_step is not None and not args.save:
+        raise ConfigError("--exit-at-step", "needs --save DIR to write the checkpoint")
+    if args.exit_at_step is not None and not 1 <= args.exit_at_step <= args.train_steps:
+        raise ConfigError("--exit-at-step", f"{args.exit_at_step} is outside 1..{args.train_steps}")
+    if args.load:
+        path = find_checkpoint(args.load)
+        seed = raptr_config.seed if raptr_config.seed is not None else args.seed
+        check_compatible(read_raptr_state(path), schedule, seed, path,
+                         args.override_raptr_schedule)
+    ds_config["raptr"] = raptr_config.model_dump()
+    return raptr_config, prepare_ds_config(args, ds_config, raptr_config.enabled)
+
+
+def run_seed(seed: int, step: int, rank: int) -> int:
+    """torch's seed for one rank's step, so dropout is a function of (seed, step, rank)."""
+    key = struct.pack("<QQQ", seed, step, rank)
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+
+
+def to_device(batches: List[dict], device) -> List[dict]:
+    return [{k: v.to(device, non_blocking=True) for k, v in b.items()} for b in batches]
+
+
+def run(args) -> dict:
+    raptr_config, ds_config = validate(args)
+    from megaraptr.data import make_batches, resolve_data
+
+    data = resolve_data(args.data, kind=DATA_KIND[args.model], vocab_size=args.vocab_size,
+                        tokenizer_file=args.tokenizer)
+    import megaraptr
+    from megaraptr.distributed import init_distributed
+    from deepspeed import comm as dist
+
+    init_distributed()
+    rank, world = dist.get_rank(), dist.get_world_size()
+    torch.manual_seed(args.seed)
+    model = build_model(args.model, args.size, vocab_size=data.vocab_size, seq_len=args.seq_len,
+                        dropout=args.dropout)
+    engine, _, _, lr_scheduler = megaraptr.initialize(
+        model=model, model_parameters=optimizer_groups(model), config=ds_config,
+        total_steps=args.train_steps, seed=args.seed)
+    history = {"initial_eval_loss": None, "wall_seconds": 0.0, "tokens": 0, "eval": []}
+    if args.load:
+        _, client_state = engine.load_checkpoint(args.load,
+                                                 override_schedule=args.override_raptr_schedule)
+        history.update(client_state.get("train", {}))
+    dp_rank, dp_size = engine.data_parallel_rank, engine.data_parallel_size
+    batches = make_batches(data, seq_len=args.seq_len, seed=args.seed,
+                           micro_batch_size=engine.train_micro_batch_size_per_gpu(),
+                           grad_accum=engine.gradient_accumulation_steps(),
+                           dp_rank=dp_rank, dp_size=dp_size)
+    eval_set = to_device(batches.eval_batches(args.eval_sequences,
+                                              engine.train_micro_batch_size_per_gpu()),
+                         engine.device)
+    tb_dir = monitor.tensorboard_dir(ds_config)
+
+    def evaluate(step: int) -> float:
+        loss = engine.evaluate(eval_set)
+        history["eval"].append([step, loss])
+        monitor.write(engine, monitor.eval_events(step, loss))
+        return loss
+
+    if history["initial_eval_loss"] is None:
+        history["initial_eval_loss"] = evaluate(engine.applied_steps)
+    if rank == 0:
+        print(f"megaraptr: {args.model}-{args.size}, {sum(p.numel() for p in model.parameters()):,}"
+              f" parameters, {world} process(es), raptr {'on' if raptr_config.enabled else 'off'}"
+              f", {batches.tokens_per_step:,} tokens/step, TensorBoard: {tb_dir}", flush=True)
+        for row in engine.schedule.describe():
+            print("  " + "  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+        for note in args.notes:
+            print(f"megaraptr: {note}", flush=True)
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=args.train_steps, initial=engine.applied_steps, disable=rank != 0,
+               dynamic_ncols=True, desc="train")
+    start, session_tokens, stop_at = time.perf_counter(), 0, args.exit_at_step or args.train_steps
+    while engine.applied_steps < stop_at:
+        step = engine.applied_steps + 1
+        torch.manual_seed(run_seed(args.seed, step, rank))  # dropout: a function of the step
+        t0 = time.perf_counter()
+        result = engine.train_step(to_device(batches.step_batches(step), engine.device))
+        loss = engine.mean_over_ranks(result.loss)
+        elapsed = time.perf_counter() - t0
+        history["wall_seconds"] += elapsed
+        history["tokens"] += batches.tokens_per_step
+        session_tokens += batches.tokens_per_step
+        tps = batches.tokens_per_step / elapsed
+        monitor.write(engine, monitor.step_events(
+            result, loss=loss, lr=lr_scheduler.get_last_lr()[0] if lr_scheduler else
+            engine.optimizer.param_groups[0]["lr"], tokens_per_sec=tps,
+            layer_flops_fraction=engine.layer_flops_fraction()))
+        bar.set_postfix(loss=f"{loss:.3f}", stage=result.stage.name,
+                        layers=result.mask.num_active, tok_s=f"{tps:,.0f}", refresh=False)
+        bar.update(1 if result.applied else 0)
+        done = engine.applied_steps
+        if args.eval_interval and done % args.eval_interval == 0 and done < args.train_steps:
+            evaluate(done)
+        if args.save and (done == stop_at or (args.save_interval and done % args.save_interval == 0)):
+            engine.save_checkpoint(args.save, tag=f"step{done}", client_state={"train": history})
+    bar.close()
+    session_seconds = time.perf_counter() - start
+    finished = engine.applied_steps >= args.train_steps
+    final = evaluate(engine.applied_steps) if finished else None
+    summary = {
+        "steps": engine.applied_steps, "finished": finished, "final_eval_loss": final,
+        "initial_eval_loss": history["initial_eval_loss"], "eval_history": history["eval"],
+        "wall_seconds": history["wall_seconds"], "session_seconds": session_seconds,
+        "tokens_per_second": history["tokens"] / max(history["wall_seconds"], 1e-9),
+        "tokens": history["tokens"], "layer_flops_fraction": engine.layer_flops_fraction(),
+        "expected_layer_flops_fraction": engine.schedule.expected_flops_fraction(),
+        "subnetwork_digest": engine.digest.hexdigest, "raptr_enabled": raptr_config.enabled,
+        "model": args.model, "size": args.size, "world_size": world,
+        "schedule": engine.schedule.describe(), "tensorboard_dir": tb_dir, "resumed_from": args.load,
+    }
+    if rank == 0:
+        if finished:
+            print(f"megaraptr: step {summary['steps']}: eval loss {history['initial_eval_loss']:.4f}"
+                  f" at start -> {final:.4f}; layer FLOPs {summary['layer_flops_fraction']:.3f} of "
+                  f"full; {summary['tokens_per_second']:,.0f} tokens/s; TensorBoard: {tb_dir}",
+                  flush=True)
+        else:
+            print(f"megaraptr: stopped after step {summary['steps']} (--exit-at-step); resume "
+                  f"with --load {args.save}", flush=True)
+        if args.summary:
+            os.makedirs(os.path.dirname(os.path.abspath(args.summary)), exist_ok=True)
+            with open(args.summary, "w") as f:
+                json.dump(summary, f, indent=2)
+    return summary
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except MegaraptrError as err:
+        print(f"megaraptr-train: error: {err}", file=sys.stderr, flush=True)
+        return err.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

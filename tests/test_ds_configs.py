@@ -1,0 +1,50 @@
+"""Every shipped DeepSpeed config loads through deepspeed.initialize, raptr block and all."""
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from conftest import ROOT, run
+
+CONFIGS = sorted(p.name for p in (ROOT / "ds_configs").glob("*.json"))
+REQUIRED = {"bert_base_raptr_zero2.json", "bert_base_full_zero2.json",
+            "gpt_medium_raptr_zero1.json", "tiny_raptr_cpu.json"}
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory):
+    out = tmp_path_factory.mktemp("configs") / "loaded.json"
+    run([sys.executable, ROOT / "tests" / "ds_config_worker.py", out], timeout=600)
+    return json.loads(out.read_text())
+
+
+def test_required_configs_ship():
+    assert REQUIRED <= set(CONFIGS)
+
+
+def test_full_config_differs_from_raptr_config_only_by_enabled():
+    raptr = json.loads((ROOT / "ds_configs" / "bert_base_raptr_zero2.json").read_text())
+    full = json.loads((ROOT / "ds_configs" / "bert_base_full_zero2.json").read_text())
+    assert raptr["raptr"]["enabled"] is True and full["raptr"]["enabled"] is False
+    full["raptr"]["enabled"] = True
+    assert full == raptr
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_initializes(loaded, name):
+    result = loaded[name]
+    config = json.loads((ROOT / "ds_configs" / name).read_text())
+    stage = config.get("zero_optimization", {}).get("stage", 0)
+    assert result["plain_zero_stage"] == result["zero_stage"] == stage
+    assert result["bf16"] == config.get("bf16", {}).get("enabled", False)
+    assert result["basic_optimizer"] == "AdamW"
+    assert result["groups_tagged"]
+    assert result["raptr_enabled"] == config["raptr"]["enabled"]
+    stages = result["stages"]
+    assert stages[-1]["keep_prob"] == 1.0
+    if config["raptr"]["enabled"]:
+        depths = [float(d) for d in config["raptr"]["schedule"].split("-")]
+        assert [s["expected_layers"] for s in stages] == depths
+        assert depths[-1] == result["num_layers"]
