@@ -11,7 +11,19 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-CORPUS = ROOT.parent / "shared" / "data" / "corpus"
+
+
+def _corpus() -> Path:
+    """The shared corpus: $MEGARAPTR_CORPUS, else ../shared/data/corpus beside the checkout."""
+    candidates = [os.environ.get("MEGARAPTR_CORPUS"), ROOT.parent / "shared" / "data" / "corpus",
+                  "/work/shared/data/corpus"]
+    for candidate in filter(None, candidates):
+        if (Path(candidate) / "val.jsonl.gz").is_file():
+            return Path(candidate)
+    return ROOT.parent / "shared" / "data" / "corpus"
+
+
+CORPUS = _corpus()
 
 # Prepared data goes to a cache of this test session, never to the user's ~/.cache.
 os.environ.setdefault("MEGARAPTR_CACHE", tempfile.mkdtemp(prefix="megaraptr-test-cache-"))

@@ -27,8 +27,7 @@ from megaraptr.data.shards import ShardedTokens, ShardWriter, token_dtype
 from megaraptr.data.tokenizer import train_tokenizer
 from megaraptr.errors import DataError
 
-ROOT = Path(__file__).resolve().parent.parent
-CORPUS = ROOT.parent / "shared" / "data" / "corpus"
+from conftest import CORPUS, ROOT
 ENV = dict(os.environ, TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
 
 
