@@ -67,8 +67,9 @@ class RaptrEngine:
         self.digest = MaskDigest()
         self.active_layer_steps = 0
         """Sum over applied steps of the number of layers that ran."""
+        self.freeze_skipped = config.enabled and config.skipped_layers == "freeze"
         self.freezer = None
-        if config.enabled and config.skipped_layers == "freeze":
+        if has_layer_groups(ds_engine.basic_optimizer):
             self.freezer = FrozenLayers(ds_engine.basic_optimizer, ds_engine.optimizer)
 
     def __getattr__(self, name):
@@ -118,7 +119,7 @@ class RaptrEngine:
                 seed=self.seed, fingerprint=self.schedule.fingerprint(), step=step, mask=mask,
                 device=self.ds.device, group=self.ds.data_parallel_group)
         set_layer_mask(self.blocks, mask)
-        if self.freezer is not None:
+        if self.freeze_skipped:
             self.freezer.set_frozen(mask.skipped_ids)
         return step, stage, mask
 

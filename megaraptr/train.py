@@ -134,7 +134,7 @@ def run(args) -> dict:
     from tqdm import tqdm
 
     bar = tqdm(total=args.train_steps, initial=engine.applied_steps, disable=rank != 0,
-               dynamic_ncols=True, desc="train")
+               dynamic_ncols=True, desc="train", mininterval=0.5 if sys.stderr.isatty() else 30)
     start, session_tokens, stop_at = time.perf_counter(), 0, args.exit_at_step or args.train_steps
     while engine.applied_steps < stop_at:
         step = engine.applied_steps + 1
@@ -197,6 +197,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except MegaraptrError as err:
         print(f"megaraptr-train: error: {err}", file=sys.stderr, flush=True)
         return err.exit_code
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
     return 0
 
 

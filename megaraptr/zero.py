@@ -17,6 +17,12 @@ touching DeepSpeed's code paths:
 
 ``"momentum"`` leaves everything to DeepSpeed: skipped layers get zero gradients and the
 optimizer still applies momentum and weight decay to them.
+
+Under both policies the wrapper also mends a DeepSpeed 0.19.8 gap: ZeRO-1/2 and the bf16
+optimizer link their per-parameter views of the optimizer state (``safe_get_full_optimizer_
+state``, used to inspect or move Adam moments) once, right after the *first group's* first
+step, when later groups have no state yet; with one group per layer most layers would never be
+linked. Whenever a group is stepped for the first time, the wrapper asks DeepSpeed to link again.
 """
 from __future__ import annotations
 

@@ -95,7 +95,18 @@ def run_case(data, stage: int, dtype: str, policy: str) -> dict:
             "calls": {k: calls[k] - snapshot[k] for k in calls},
         })
     return {"steps": steps, "digest": engine.digest.hexdigest,
-            "flops": engine.layer_flops_fraction()}
+            "flops": engine.layer_flops_fraction(), "linked": state_linked(engine)}
+
+
+def state_linked(engine):
+    """Whether DeepSpeed's per-parameter optimizer-state API sees every block's Adam state,
+    including layers first stepped after step 1 (None where the API does not apply)."""
+    from deepspeed.utils import safe_get_full_optimizer_state
+
+    params = [p for block in engine.blocks for p in block.parameters()]
+    if not all(hasattr(p, "_hp_mapping") for p in params):
+        return None
+    return all(safe_get_full_optimizer_state(p, "exp_avg") is not None for p in params)
 
 
 def matrix(data) -> dict:
@@ -134,6 +145,8 @@ def main() -> None:
     rank = int(os.environ["RANK"])
     with open(os.path.join(out_dir, f"{scenario}.rank{rank}.json"), "w") as f:
         json.dump(result, f)
+    torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
