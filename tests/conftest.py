@@ -61,3 +61,25 @@ def torchrun(nproc: int, args: list, **kwargs) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
            "--master_addr", "127.0.0.1", "--master_port", str(free_port())] + args
     return run(cmd, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory) -> Path:
+    """A data cache shared by the tests of one session."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="session")
+def mlm(cache):
+    """The built-in sample prepared for masked LM (WordPiece, 8192)."""
+    from megaraptr.data import SAMPLE_DIR, prepare_cached
+
+    return prepare_cached([SAMPLE_DIR], kind="mlm", vocab_size=8192, cache_dir=cache)
+
+
+@pytest.fixture(scope="session")
+def causal(cache):
+    """The built-in sample prepared for causal LM (byte-level BPE, 8192)."""
+    from megaraptr.data import SAMPLE_DIR, prepare_cached
+
+    return prepare_cached([SAMPLE_DIR], kind="causal", vocab_size=8192, cache_dir=cache)

@@ -20,8 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from megaraptr.data import (SAMPLE_DIR, PreparedData, load_prepared, prepare, prepare_cached,
-                            resolve_data)
+from megaraptr.data import SAMPLE_DIR, load_prepared, prepare, resolve_data
 from megaraptr.data.prepare import doc_hash
 from megaraptr.data.shards import ShardedTokens, ShardWriter, token_dtype
 from megaraptr.data.tokenizer import train_tokenizer
@@ -44,21 +43,6 @@ def copy_lines(src: Path, dst: Path, start: int, count: int) -> None:
 def python(code: str, *args, timeout: int = 60) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code), *map(str, args)],
                           cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(scope="module")
-def mlm(cache) -> PreparedData:
-    return prepare_cached([SAMPLE_DIR], kind="mlm", vocab_size=8192, cache_dir=cache)
-
-
-@pytest.fixture(scope="module")
-def causal(cache) -> PreparedData:
-    return prepare_cached([SAMPLE_DIR], kind="causal", vocab_size=8192, cache_dir=cache)
 
 
 @pytest.fixture(scope="module")

@@ -5,30 +5,13 @@ causal shift, eval sharding. Real data: the built-in sample, prepared once for t
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from megaraptr.data import (SAMPLE_DIR, CausalBatches, MLMBatches, PreparedData, make_batches,
-                            prepare_cached)
+from megaraptr.data import CausalBatches, MLMBatches, make_batches
 from megaraptr.errors import DataError
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("cache")
-
-
-@pytest.fixture(scope="module")
-def mlm(cache) -> PreparedData:
-    return prepare_cached([SAMPLE_DIR], kind="mlm", vocab_size=8192, cache_dir=cache)
-
-
-@pytest.fixture(scope="module")
-def causal(cache) -> PreparedData:
-    return prepare_cached([SAMPLE_DIR], kind="causal", vocab_size=8192, cache_dir=cache)
 
 
 def rows(batches: list[dict]) -> list[tuple]:

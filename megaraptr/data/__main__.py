@@ -46,7 +46,7 @@ def _describe(data) -> str:
     lines = [f"{data.path}",
              f"  kind       {data.kind} ({data.tokenizer_kind}), vocab {data.vocab_size}, "
              f"{data.dtype.name}",
-             f"  special    " + ", ".join(f"{k}={v}" for k, v in sorted(data.special.items()))]
+             "  special    " + ", ".join(f"{k}={v}" for k, v in sorted(data.special.items()))]
     for split in ("train", "val"):
         entry = data.index["splits"][split]
         lines.append(f"  {split:<10} {entry['tokens']:,} tokens, {entry['documents']:,} documents, "

@@ -9,7 +9,7 @@ at a line or word boundary so the share is filled exactly. Train segments come f
 corpus's ``train.jsonl.gz``, val segments from its ``val.jsonl.gz``. The gzip files are
 written with a zero timestamp and no file name, so rebuilding gives identical bytes.
 
-Run: ``python -m megaraptr.data.make_sample --corpus /work/shared/data/corpus``.
+Run: ``python -m megaraptr.data.make_sample --corpus ../shared/data/corpus``.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ def readme_text(splits: dict[str, list[dict]]) -> str:
         "# Built-in sample",
         "",
         "Used when no `--data` is given. Built by `python -m megaraptr.data.make_sample "
-        "--corpus DIR` from the shared corpus (`/work/shared/data/corpus`), taking only its "
+        "--corpus DIR` from the shared corpus (`../shared/data/corpus` beside a development checkout), taking only its "
         "public-domain sources; see `make_sample.py` for the deterministic selection.",
         "Format: JSON lines, gzip; each line `{\"id\", \"source\", \"text\"}`. "
         "`train.jsonl.gz` comes from the corpus's train split, `val.jsonl.gz` from its val split.",
