@@ -67,7 +67,7 @@ def validate(args):
         seed = raptr_config.seed if raptr_config.seed is not None else args.seed
         check_compatible(read_raptr_state(path), schedule, seed, path,
                          args.override_raptr_schedule)
-    ds_config["raptr"] = raptr_config.model_dump()
+    ds_config["raptr"] = raptr_config.model_dump(exclude_none=True)
     return raptr_config, prepare_ds_config(args, ds_config, raptr_config.enabled)
 
 
@@ -135,7 +135,7 @@ def run(args) -> dict:
 
     bar = tqdm(total=args.train_steps, initial=engine.applied_steps, disable=rank != 0,
                dynamic_ncols=True, desc="train", mininterval=0.5 if sys.stderr.isatty() else 30)
-    start, session_tokens, stop_at = time.perf_counter(), 0, args.exit_at_step or args.train_steps
+    start, stop_at = time.perf_counter(), args.exit_at_step or args.train_steps
     while engine.applied_steps < stop_at:
         step = engine.applied_steps + 1
         torch.manual_seed(run_seed(args.seed, step, rank))  # dropout: a function of the step
@@ -145,7 +145,6 @@ def run(args) -> dict:
         elapsed = time.perf_counter() - t0
         history["wall_seconds"] += elapsed
         history["tokens"] += batches.tokens_per_step
-        session_tokens += batches.tokens_per_step
         tps = batches.tokens_per_step / elapsed
         monitor.write(engine, monitor.step_events(
             result, loss=loss, lr=lr_scheduler.get_last_lr()[0] if lr_scheduler else
