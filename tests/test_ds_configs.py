@@ -16,7 +16,9 @@ REQUIRED = {"bert_base_raptr_zero2.json", "bert_base_full_zero2.json",
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory):
     out = tmp_path_factory.mktemp("configs") / "loaded.json"
-    run([sys.executable, ROOT / "tests" / "ds_config_worker.py", out], timeout=600)
+    # cwd: the configs log TensorBoard to a relative runs/ folder, kept out of the checkout
+    run([sys.executable, ROOT / "tests" / "ds_config_worker.py", out], timeout=600,
+        cwd=out.parent)
     return json.loads(out.read_text())
 
 
