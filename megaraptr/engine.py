@@ -24,9 +24,11 @@ from megaraptr import checkpoint, consistency
 from megaraptr.config import RaptrConfig, split_ds_config
 from megaraptr.errors import ConfigError
 from megaraptr.layers import find_blocks, set_layer_mask
+from megaraptr.prefetch import SubnetworkTrace
 from megaraptr.sampler import LayerMask, MaskDigest, SubnetworkSampler
 from megaraptr.schedule import Schedule, Stage, build_schedule
-from megaraptr.zero import FrozenLayers, has_layer_groups, layer_param_groups
+from megaraptr.zero import (FrozenLayers, clear_stale_zero3_grads, has_layer_groups,
+                            layer_param_groups)
 
 
 @dataclass
@@ -64,6 +66,8 @@ class RaptrEngine:
         self.schedule = schedule
         self.sampler = SubnetworkSampler(schedule, seed)
         self.blocks = find_blocks(ds_engine.module)
+        self.zero_stage = ds_engine.zero_optimization_stage()
+        self.trace = SubnetworkTrace(ds_engine, self.blocks) if self.zero_stage == 3 else None
         self.digest = MaskDigest()
         self.active_layer_steps = 0
         """Sum over applied steps of the number of layers that ran."""
@@ -119,6 +123,8 @@ class RaptrEngine:
                 seed=self.seed, fingerprint=self.schedule.fingerprint(), step=step, mask=mask,
                 device=self.ds.device, group=self.ds.data_parallel_group)
         set_layer_mask(self.blocks, mask)
+        if self.trace is not None:
+            self.trace.prepare(mask.active)
         if self.freeze_skipped:
             self.freezer.set_frozen(mask.skipped_ids)
         return step, stage, mask
@@ -133,9 +139,11 @@ class RaptrEngine:
         step, stage, mask = self.begin_step()
         self.ds.train()
         total = torch.zeros((), device=self.ds.device)
-        for batch in micro_batches:
+        for i, batch in enumerate(micro_batches):
             loss = loss_of(self.ds(**batch))
             self.ds.backward(loss)
+            if i == expected - 1:
+                self._before_optimizer_step(mask)
             self.ds.step()
             total += loss.detach().float()
         applied = self.applied_steps == step
@@ -143,6 +151,12 @@ class RaptrEngine:
             self.digest.update(step, mask)
             self.active_layer_steps += mask.num_active
         return StepResult(step, stage, mask, float(total) / expected, applied)
+
+    def _before_optimizer_step(self, mask: LayerMask) -> None:
+        """Gradients are reduced; the optimizer has not run: mend what ZeRO-3 left stale."""
+        if self.zero_stage == 3 and mask.skipped_ids:
+            params = [p for i in mask.skipped_ids for p in self.blocks[i].parameters()]
+            clear_stale_zero3_grads(self.ds.optimizer, params)
 
     @torch.no_grad()
     def evaluate(self, batches: Sequence[dict]) -> float:
@@ -176,13 +190,6 @@ class RaptrEngine:
         return path, client_state
 
 
-def _check_supported(config: RaptrConfig, ds_config: dict) -> None:
-    stage = ds_config.get("zero_optimization", {}).get("stage", 0)
-    if config.enabled and stage not in (0, 1, 2):
-        raise ConfigError("zero_optimization.stage",
-                          f"{stage} is not supported with raptr yet; allowed: 0, 1, 2")
-
-
 def initialize(args=None, model=None, optimizer=None, model_parameters=None,
                training_data=None, lr_scheduler=None, config=None, *, total_steps: int,
                seed: Optional[int] = None, **ds_kwargs):
@@ -207,7 +214,6 @@ def initialize(args=None, model=None, optimizer=None, model_parameters=None,
     if config is None:
         raise ConfigError("config", "a DeepSpeed config (dict or JSON path) is required")
     raptr_config, ds_config = split_ds_config(config)
-    _check_supported(raptr_config, ds_config)
     blocks = find_blocks(model)
     schedule = build_schedule(raptr_config, num_layers=len(blocks), total_steps=total_steps)
     if isinstance(optimizer, torch.optim.Optimizer):

@@ -18,6 +18,12 @@ touching DeepSpeed's code paths:
 ``"momentum"`` leaves everything to DeepSpeed: skipped layers get zero gradients and the
 optimizer still applies momentum and weight decay to them.
 
+ZeRO-3 keeps each parameter's reduced gradient in a persistent partition buffer and only
+overwrites the buffers of parameters that received a gradient, so a skipped layer's buffer
+still holds the gradient of the last step in which it ran: DeepSpeed would apply it again and
+count it in the clipping norm. :func:`clear_stale_zero3_grads` zeroes those partitions before
+every optimizer step (both policies), which makes ZeRO-3 follow the ZeRO-0 trajectory.
+
 Under both policies the wrapper also mends a DeepSpeed 0.19.8 gap: ZeRO-1/2 and the bf16
 optimizer link their per-parameter views of the optimizer state (``safe_get_full_optimizer_
 state``, used to inspect or move Adam moments) once, right after the *first group's* first
@@ -116,3 +122,18 @@ class FrozenLayers:
             # step; a group first stepped later (frozen until now) needs linking again.
             self._ds_optimizer._hp_optimizer_states_linked = False
         return out
+
+
+def clear_stale_zero3_grads(ds_optimizer, params: Sequence[torch.nn.Parameter]) -> None:
+    """Zero this rank's reduced-gradient partitions of ``params`` (skipped layers) under ZeRO-3.
+
+    Call between the last backward of an optimizer step and ``engine.step()``.
+    """
+    buffers = []
+    for param in params:
+        if param.requires_grad:
+            grad, _ = ds_optimizer._get_fp32_grad_state_partition(param=param,
+                                                                  release_swap_buffers=False)
+            buffers.append(grad)
+    if buffers:
+        torch._foreach_zero_(buffers)

@@ -26,7 +26,11 @@ from megaraptr.distributed import init_distributed  # noqa: E402
 from megaraptr.errors import RankMismatchError  # noqa: E402
 from megaraptr.models import build_model, optimizer_groups  # noqa: E402
 
-STEPS = 12
+STEPS = 32
+# ZeRO-3 with every parameter partitioned and released after use (the tiny model's tensors
+# would otherwise stay below the persistence threshold and never be gathered at all).
+ZERO3 = {"stage": 3, "stage3_param_persistence_threshold": 0, "stage3_max_reuse_distance": 0,
+         "stage3_prefetch_bucket_size": 200000}
 SEQ = 32
 
 
@@ -36,7 +40,8 @@ def ds_config(stage: int, dtype: str, policy: str, seed: int = 7) -> dict:
         "gradient_clipping": 1.0, "steps_per_print": 10 ** 6,
         "optimizer": {"type": "AdamW", "params": {"lr": 2e-3, "weight_decay": 0.1,
                                                   "torch_adam": True}},
-        "zero_optimization": {"stage": stage}, "bf16": {"enabled": dtype == "bf16"},
+        "zero_optimization": ZERO3 if stage == 3 else {"stage": stage},
+        "bf16": {"enabled": dtype == "bf16"},
         "raptr": {"enabled": True, "schedule": "2-3-4", "skipped_layers": policy,
                   "consistency_check_interval": 1, "seed": seed},
     }
@@ -45,17 +50,71 @@ def ds_config(stage: int, dtype: str, policy: str, seed: int = 7) -> dict:
 def layer_state(engine, layer: int) -> list:
     """Model weights, and the optimizer's copy and state, of one layer (this rank's share)."""
     opt = engine.basic_optimizer
-    out = [p.detach().clone() for p in engine.blocks[layer].parameters()]
-    for group in opt.param_groups:
-        if group["raptr_layer"] == layer:
-            for p in group["params"]:
-                out.append(p.detach().clone())
-                out += [v.clone() for _, v in sorted(opt.state[p].items())]
+    params = list(engine.blocks[layer].parameters())
+    if engine.zero_stage == 3:  # partitioned weights; fp32 master per sub-group
+        out = [p.ds_tensor.detach().clone() for p in params]
+        zero3 = engine.optimizer
+        masters = [flat for sub, flat in enumerate(zero3.fp32_partitioned_groups_flat)
+                   if opt.param_groups[zero3.sub_group_to_group_id[sub]]["raptr_layer"] == layer]
+    else:
+        out = [p.detach().clone() for p in params]
+        masters = [p for g in opt.param_groups if g["raptr_layer"] == layer for p in g["params"]]
+    for master in masters:
+        out.append(master.detach().clone())
+        out += [v.clone() for _, v in sorted(opt.state[master].items())]
     return out
 
 
 def unchanged(before: list, after: list) -> bool:
     return len(before) == len(after) and all(torch.equal(a, b) for a, b in zip(before, after))
+
+
+class Gathers(list):
+    """ZeRO-3 all-gathers as they happen: ids of gathered parameters (the list itself), how
+    many were prefetched (gathered while another module was being fetched), and how often
+    the coordinator threw its trace away."""
+
+    prefetched = 0
+    invalidations = 0
+
+    def clear(self):
+        super().clear()
+        self.prefetched = self.invalidations = 0
+
+
+def grad_norm(engine):
+    """The global gradient norm DeepSpeed clipped with (None where it keeps none: ZeRO-0)."""
+    norm = engine.get_global_grad_norm()
+    return None if norm is None else float(norm)
+
+
+def record_gathers(engine) -> Gathers:
+    gathers = Gathers()
+    if engine.zero_stage != 3:
+        return gathers
+    coordinator = engine.optimizer._get_param_coordinator()
+    name = "_PartitionedParameterCoordinator__all_gather_params"
+    gather, fetch, invalidate = (getattr(coordinator, name), coordinator.fetch_sub_module,
+                                 coordinator._invalidate_trace)
+    current = {}
+
+    def all_gather(params, forward):
+        gathers.extend(id(p) for p in params)
+        own = {id(p) for p in current["module"].parameters(recurse=False)}
+        gathers.prefetched += sum(id(p) not in own for p in params)
+        return gather(params, forward)
+
+    def fetch_sub_module(module, forward):
+        current["module"] = module
+        return fetch(module, forward)
+
+    def invalidate_trace():
+        gathers.invalidations += 1
+        return invalidate()
+    setattr(coordinator, name, all_gather)
+    coordinator.fetch_sub_module = fetch_sub_module
+    coordinator._invalidate_trace = invalidate_trace
+    return gathers
 
 
 def count_calls(engine) -> dict:
@@ -81,10 +140,13 @@ def run_case(data, stage: int, dtype: str, policy: str) -> dict:
     batches = make_batches(data, seq_len=SEQ, micro_batch_size=4, grad_accum=2, seed=5,
                            dp_rank=engine.data_parallel_rank, dp_size=engine.data_parallel_size)
     calls = count_calls(engine)
+    gathered = record_gathers(engine)
+    layer_of = {id(p): b.layer_id for b in engine.blocks for p in b.parameters()}
     steps = []
     for step in range(1, STEPS + 1):
         before = [layer_state(engine, i) for i in range(len(engine.blocks))]
         snapshot = dict(calls)
+        gathered.clear()
         result = engine.train_step(batches.step_batches(step))
         after = [layer_state(engine, i) for i in range(len(engine.blocks))]
         steps.append({
@@ -93,6 +155,9 @@ def run_case(data, stage: int, dtype: str, policy: str) -> dict:
             "key": subnetwork_key(engine.seed, engine.schedule.fingerprint(), step, result.mask),
             "unchanged": [unchanged(b, a) for b, a in zip(before, after)],
             "calls": {k: calls[k] - snapshot[k] for k in calls},
+            "grad_norm": grad_norm(engine),
+            "gathered_layers": sorted({layer_of[i] for i in gathered if i in layer_of}),
+            "prefetched": gathered.prefetched, "invalidations": gathered.invalidations,
         })
     return {"steps": steps, "digest": engine.digest.hexdigest,
             "flops": engine.layer_flops_fraction(), "linked": state_linked(engine)}
@@ -104,14 +169,14 @@ def state_linked(engine):
     from deepspeed.utils import safe_get_full_optimizer_state
 
     params = [p for block in engine.blocks for p in block.parameters()]
-    if not all(hasattr(p, "_hp_mapping") for p in params):
+    if not all(hasattr(p, "_hp_mapping") or hasattr(p, "ds_id") for p in params):
         return None
     return all(safe_get_full_optimizer_state(p, "exp_avg") is not None for p in params)
 
 
 def matrix(data) -> dict:
     results = {}
-    for stage in (0, 1, 2):
+    for stage in (0, 1, 2, 3):
         for dtype in ("fp32", "bf16"):
             for policy in ("freeze", "momentum"):
                 if policy == "momentum" and dtype == "bf16":
@@ -121,20 +186,26 @@ def matrix(data) -> dict:
 
 
 def mismatch(data) -> dict:
+    """Rank 1 has another raptr seed, under ZeRO-2 and then ZeRO-3."""
     import megaraptr
     from deepspeed import comm as dist
 
-    torch.manual_seed(0)
-    model = build_model("bert", "tiny", vocab_size=data.vocab_size, seq_len=SEQ)
-    config = ds_config(2, "fp32", "freeze", seed=7 + dist.get_rank())
-    engine, *_ = megaraptr.initialize(model=model, config=config, total_steps=STEPS)
-    batches = make_batches(data, seq_len=SEQ, micro_batch_size=4, grad_accum=2, seed=5,
-                           dp_rank=engine.data_parallel_rank, dp_size=engine.data_parallel_size)
-    try:
-        engine.train_step(batches.step_batches(1))
-    except RankMismatchError as err:
-        return {"error": str(err), "applied_steps": engine.applied_steps}
-    return {"error": None, "applied_steps": engine.applied_steps}
+    results = {}
+    for stage in (2, 3):
+        torch.manual_seed(0)
+        model = build_model("bert", "tiny", vocab_size=data.vocab_size, seq_len=SEQ)
+        config = ds_config(stage, "fp32", "freeze", seed=7 + dist.get_rank())
+        engine, *_ = megaraptr.initialize(model=model, config=config, total_steps=STEPS)
+        batches = make_batches(data, seq_len=SEQ, micro_batch_size=4, grad_accum=2, seed=5,
+                               dp_rank=engine.data_parallel_rank,
+                               dp_size=engine.data_parallel_size)
+        error = None
+        try:
+            engine.train_step(batches.step_batches(1))
+        except RankMismatchError as err:
+            error = str(err)
+        results[str(stage)] = {"error": error, "applied_steps": engine.applied_steps}
+    return results
 
 
 def main() -> None:

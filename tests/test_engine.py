@@ -1,5 +1,6 @@
-"""The DeepSpeed engine path on 2 processes (gloo, CPU): ZeRO 0/1/2, fp32/bf16, both
-skipped-layer policies, identical subnetworks on all ranks, and the rank-mismatch stop.
+"""The DeepSpeed engine path on 2 processes (gloo, CPU): ZeRO 0/1/2/3, fp32/bf16, both
+skipped-layer policies, identical subnetworks on all ranks, ZeRO-3 gathers and prefetch, and
+the rank-mismatch stop.
 
 One torchrun launch runs the whole matrix (tests/dist_worker.py) to keep start-up cost low.
 """
@@ -13,12 +14,13 @@ from conftest import ROOT, cpu_env, torchrun
 
 pytestmark = pytest.mark.distributed
 
-# ZeRO 0 all-reduces full gradients; ZeRO 1/2 reduce-scatter them into flat partitions and
+# ZeRO 0 all-reduces full gradients; ZeRO 1/2/3 reduce-scatter them into flat partitions and
 # compute the clipping norm from partition norms. The arithmetic is the same up to the
-# order of float32 additions: about 1e-7 relative per step, observed <= 1e-6 over 12 Adam
+# order of float32 additions: about 1e-7 relative per step, observed <= 1e-6 over 32 Adam
 # steps. 2e-5 leaves a 20x margin, while a missing or stale layer update moves the loss by
-# more than 1e-3 within a few steps.
+# more than 3e-4 (a stale ZeRO-3 gradient applied again: 7e-4).
 FP32_RTOL = 2e-5
+STAGES = (0, 1, 2, 3)
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +39,13 @@ def test_zero_stages_follow_one_fp32_trajectory(matrix):
     rank0 = matrix[0]
     for policy in ("freeze", "momentum"):
         base = losses(rank0[f"0-fp32-{policy}"])
-        for stage in (1, 2):
-            other = losses(rank0[f"{stage}-fp32-{policy}"])
-            assert other == pytest.approx(base, rel=FP32_RTOL), (stage, policy)
+        norms = [s["grad_norm"] for s in rank0[f"1-fp32-{policy}"]["steps"]]  # ZeRO-0 keeps none
+        assert len(base) >= 30 and None not in norms
+        for stage in STAGES[1:]:
+            case = rank0[f"{stage}-fp32-{policy}"]
+            assert losses(case) == pytest.approx(base, rel=FP32_RTOL), (stage, policy)
+            # the clipping norm sees no stale ZeRO-3 gradient of a skipped layer
+            assert [s["grad_norm"] for s in case["steps"]] == pytest.approx(norms, rel=FP32_RTOL)
     # the two policies are really different updates once a skipped layer has momentum
     assert losses(rank0["0-fp32-freeze"]) != pytest.approx(losses(rank0["0-fp32-momentum"]),
                                                            rel=FP32_RTOL)
@@ -61,7 +67,7 @@ def test_all_ranks_use_identical_subnetworks(matrix):
     assert first == [True, False, False, True]
 
 
-@pytest.mark.parametrize("stage", [0, 1, 2])
+@pytest.mark.parametrize("stage", STAGES)
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
 def test_freeze_leaves_skipped_layers_bit_identical(matrix, stage, dtype):
     for rank in (0, 1):
@@ -74,7 +80,7 @@ def test_freeze_leaves_skipped_layers_bit_identical(matrix, stage, dtype):
         assert skipped_seen >= 10
 
 
-@pytest.mark.parametrize("stage", [0, 1, 2])
+@pytest.mark.parametrize("stage", STAGES)
 def test_momentum_moves_skipped_layers(matrix, stage):
     for step in matrix[0][f"{stage}-fp32-momentum"]["steps"]:
         assert not any(step["unchanged"]), step["step"]
@@ -94,9 +100,32 @@ def test_deepspeed_sees_the_optimizer_state_of_layers_frozen_at_first(matrix):
     # ZeRO-1/2 and the bf16 optimizer link per-parameter views of the Adam state after the
     # first step; layers 1 and 2 are skipped then, so megaraptr must have them linked later.
     for name, case in matrix[0].items():
-        if name.startswith(("1-", "2-")):
+        if name.startswith(("1-", "2-", "3-")):
             assert case["linked"] is True, name
         assert case["linked"] in (True, None), name  # None: ZeRO-0 keeps no such views
+
+
+@pytest.mark.parametrize("case", ["3-fp32-freeze", "3-fp32-momentum", "3-bf16-freeze"])
+def test_zero3_never_gathers_a_skipped_layer(matrix, case):
+    for rank in (0, 1):
+        for step in matrix[rank][case]["steps"]:
+            active = {i for i, on in enumerate(step["active"]) if on}
+            assert set(step["gathered_layers"]) == active, (rank, step["step"])
+
+
+def test_zero3_prefetches_each_subnetwork_without_invalidating_its_trace(matrix):
+    steps = matrix[0]["3-fp32-freeze"]["steps"]
+    seen, learnt_at = set(), None
+    for step in steps:
+        seen |= {i for i, on in enumerate(step["active"]) if on}
+        if len(seen) == 4:
+            learnt_at = step["step"]
+            break
+    after = [s for s in steps if s["step"] > learnt_at]
+    assert len(after) >= 15 and len({tuple(s["active"]) for s in after}) >= 3
+    for step in after:  # every block's runs are known: each step runs on its installed trace
+        assert step["invalidations"] == 0, step["step"]
+        assert step["prefetched"] > 0, step["step"]
 
 
 def test_layer_flops_fraction_counts_what_ran(matrix):
@@ -110,8 +139,9 @@ def test_rank_mismatch_stops_every_rank_before_the_first_update(tmp_path):
     torchrun(2, [ROOT / "tests" / "dist_worker.py", "mismatch", tmp_path], timeout=180,
              env=cpu_env())
     for rank in (0, 1):
-        result = json.loads((tmp_path / f"mismatch.rank{rank}.json").read_text())
-        assert result["applied_steps"] == 0
-        assert "ranks disagree on the subnetwork of step 1" in result["error"]
-        assert f"raptr seed {7 + rank}" in result["error"]
-        assert "\n" not in result["error"]
+        for stage in ("2", "3"):
+            result = json.loads((tmp_path / f"mismatch.rank{rank}.json").read_text())[stage]
+            assert result["applied_steps"] == 0
+            assert "ranks disagree on the subnetwork of step 1" in result["error"]
+            assert f"raptr seed {7 + rank}" in result["error"]
+            assert "\n" not in result["error"]
