@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3,
                    help="learning rate when the config has no optimizer block")
     p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--activation-checkpointing", choices=["none", "torch", "deepspeed"],
+                   default="none", help="recompute each block in backward: torch's "
+                   "checkpointing, or DeepSpeed's (its \"activation_checkpointing\" block)")
     p.add_argument("--summary", metavar="FILE", default=None, help="JSON written at the end")
     p.add_argument("--local_rank", "--local-rank", type=int,
                    default=int(os.environ.get("LOCAL_RANK", 0)), help=argparse.SUPPRESS)

@@ -95,7 +95,11 @@ def run(args) -> dict:
     rank, world = dist.get_rank(), dist.get_world_size()
     torch.manual_seed(args.seed)
     model = build_model(args.model, args.size, vocab_size=data.vocab_size, seq_len=args.seq_len,
-                        dropout=args.dropout)
+                        dropout=args.dropout, checkpoint=args.activation_checkpointing)
+    if args.activation_checkpointing == "deepspeed":
+        import deepspeed
+
+        deepspeed.checkpointing.configure(None, deepspeed_config=ds_config)
     engine, _, _, lr_scheduler = megaraptr.initialize(
         model=model, model_parameters=optimizer_groups(model), config=ds_config,
         total_steps=args.train_steps, seed=args.seed)

@@ -4,11 +4,12 @@
 
 Each rank writes OUT_DIR/<scenario>.rank<r>.json; the pytest side asserts. Scenarios:
 
-- ``matrix``: the same tiny BERT, data and schedule under ZeRO 0, 1, 2 in fp32 and bf16,
-  freeze and momentum. Records per step: loss, mask, and whether every layer's weights,
+- ``matrix``: the same tiny BERT, data and schedule under ZeRO 0, 1, 2, 3 in fp32 and bf16,
+  freeze and momentum, and with activation checkpointing (DeepSpeed's, torch's). Records per step: loss, mask, and whether every layer's weights,
   fp32 master and optimizer state were bit-identical across the step; the subnetwork key
   of every step (to compare ranks); forward calls of every block's submodules.
 - ``mismatch``: rank 1 uses another raptr seed; records the error each rank raised.
+- ``fp16_overflow``: forced fp16 overflows; records every call's step, mask and outcome.
 """
 from __future__ import annotations
 
@@ -130,11 +131,12 @@ def count_calls(engine) -> dict:
     return counts
 
 
-def run_case(data, stage: int, dtype: str, policy: str) -> dict:
+def run_case(data, stage: int, dtype: str, policy: str, checkpoint: str = "none") -> dict:
     import megaraptr
 
     torch.manual_seed(0)
-    model = build_model("bert", "tiny", vocab_size=data.vocab_size, seq_len=SEQ)
+    model = build_model("bert", "tiny", vocab_size=data.vocab_size, seq_len=SEQ,
+                        checkpoint=checkpoint)
     engine, *_ = megaraptr.initialize(model=model, model_parameters=optimizer_groups(model),
                                       config=ds_config(stage, dtype, policy), total_steps=STEPS)
     batches = make_batches(data, seq_len=SEQ, micro_batch_size=4, grad_accum=2, seed=5,
@@ -182,6 +184,9 @@ def matrix(data) -> dict:
                 if policy == "momentum" and dtype == "bf16":
                     continue
                 results[f"{stage}-{dtype}-{policy}"] = run_case(data, stage, dtype, policy)
+    # activation checkpointing: DeepSpeed's under ZeRO-3, torch's under ZeRO-2
+    results["3-fp32-freeze-ckpt"] = run_case(data, 3, "fp32", "freeze", "deepspeed")
+    results["2-fp32-freeze-ckpt"] = run_case(data, 2, "fp32", "freeze", "torch")
     return results
 
 
@@ -208,11 +213,48 @@ def mismatch(data) -> dict:
     return results
 
 
+def fp16_overflow(data) -> dict:
+    """fp16 with dynamic loss scaling under ZeRO-2 and ZeRO-3: after step 14 (random
+    subsets) the loss scale is forced to 2**30, so the next calls overflow and DeepSpeed skips
+    them. Records every call, and the digest the run's masks should have."""
+    import megaraptr
+    from megaraptr.sampler import MaskDigest
+
+    results = {}
+    for stage in (2, 3):
+        torch.manual_seed(0)
+        model = build_model("bert", "tiny", vocab_size=data.vocab_size, seq_len=SEQ)
+        config = ds_config(stage, "fp32", "freeze")
+        config["fp16"] = {"enabled": True, "initial_scale_power": 12, "loss_scale_window": 1000}
+        engine, *_ = megaraptr.initialize(model=model, model_parameters=optimizer_groups(model),
+                                          config=config, total_steps=STEPS)
+        batches = make_batches(data, seq_len=SEQ, micro_batch_size=4, grad_accum=2, seed=5,
+                               dp_rank=engine.data_parallel_rank,
+                               dp_size=engine.data_parallel_size)
+        calls = []
+        while engine.applied_steps < 20 and len(calls) < 60:
+            if engine.applied_steps == 14 and not any(c["forced"] for c in calls):
+                engine.optimizer.loss_scaler.cur_scale = 2.0 ** 30
+                calls.append({"forced": True})
+            result = engine.train_step(batches.step_batches(engine.applied_steps + 1))
+            calls.append({"forced": False, "step": result.step, "applied": result.applied,
+                          "active": list(result.mask.active), "after": engine.applied_steps})
+        expected = MaskDigest()
+        for step in range(1, engine.applied_steps + 1):
+            expected.update(step, engine.sampler.mask(step))
+        results[str(stage)] = {"calls": [c for c in calls if not c["forced"]],
+                               "digest": engine.digest.hexdigest,
+                               "expected_digest": expected.hexdigest,
+                               "skipped_steps": engine.skipped_steps}
+    return results
+
+
 def main() -> None:
     scenario, out_dir = sys.argv[1], sys.argv[2]
     data = resolve_data(None, kind="mlm")
     init_distributed(timeout_minutes=2)
-    result = {"matrix": matrix, "mismatch": mismatch}[scenario](data)
+    scenarios = {"matrix": matrix, "mismatch": mismatch, "fp16_overflow": fp16_overflow}
+    result = scenarios[scenario](data)
     rank = int(os.environ["RANK"])
     with open(os.path.join(out_dir, f"{scenario}.rank{rank}.json"), "w") as f:
         json.dump(result, f)

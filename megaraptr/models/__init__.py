@@ -23,14 +23,19 @@ def num_layers(size: str) -> int:
     return SIZES[size]["num_layers"]
 
 
-def model_config(size: str, *, vocab_size: int, seq_len: int, dropout: float = 0.0) -> ModelConfig:
+def model_config(size: str, *, vocab_size: int, seq_len: int, dropout: float = 0.0,
+                 checkpoint: str = "none") -> ModelConfig:
     """The :class:`ModelConfig` of a named size, for a tokenizer and sequence length."""
-    return ModelConfig(vocab_size=vocab_size, max_seq_len=seq_len, dropout=dropout, **SIZES[size])
+    return ModelConfig(vocab_size=vocab_size, max_seq_len=seq_len, dropout=dropout,
+                       checkpoint=checkpoint, **SIZES[size])
 
 
-def build_model(name: str, size: str, *, vocab_size: int, seq_len: int, dropout: float = 0.0):
-    """A freshly initialised reference model ("bert" or "gpt") of a named size."""
-    return MODELS[name](model_config(size, vocab_size=vocab_size, seq_len=seq_len, dropout=dropout))
+def build_model(name: str, size: str, *, vocab_size: int, seq_len: int, dropout: float = 0.0,
+                checkpoint: str = "none"):
+    """A freshly initialised reference model ("bert" or "gpt") of a named size; ``checkpoint``
+    selects activation checkpointing of each block ("none", "torch", "deepspeed")."""
+    return MODELS[name](model_config(size, vocab_size=vocab_size, seq_len=seq_len,
+                                     dropout=dropout, checkpoint=checkpoint))
 
 
 __all__ = ["BertMLM", "GPTLM", "Block", "ModelConfig", "SIZES", "MODELS", "DATA_KIND",

@@ -13,9 +13,12 @@ from typing import Optional
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from megaraptr.layers import mark_block, residual_scale, skippable
+
+CHECKPOINTING = ("none", "torch", "deepspeed")
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,10 @@ class ModelConfig:
     max_seq_len: int
     dropout: float = 0.0
     layer_norm_eps: float = 1e-5
+    checkpoint: str = "none"
+    """Activation checkpointing of each block: "none", "torch" (torch.utils.checkpoint,
+    non-reentrant) or "deepspeed" (deepspeed.checkpointing, configured by the ds_config's
+    "activation_checkpointing" block)."""
 
 
 class SelfAttention(nn.Module):
@@ -75,11 +82,27 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(cfg.hidden, eps=cfg.layer_norm_eps)
         self.mlp = MLP(cfg)
         self.drop = nn.Dropout(cfg.dropout)
+        if cfg.checkpoint not in CHECKPOINTING:
+            raise ValueError(f"checkpoint {cfg.checkpoint!r}; allowed: {', '.join(CHECKPOINTING)}")
+        self.checkpoint = cfg.checkpoint
         mark_block(self, layer_id)
 
     @skippable
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        # Whether the block runs and its scale are decided here, outside the recomputed
+        # region: recomputation in backward replays exactly this step's subnetwork.
         scale = residual_scale(self)
+        if self.checkpoint == "none" or not torch.is_grad_enabled():
+            return self.layer(x, attn_mask, scale)
+        if self.checkpoint == "torch":
+            return torch.utils.checkpoint.checkpoint(self.layer, x, attn_mask, scale,
+                                                     use_reentrant=False)
+        from deepspeed import checkpointing
+
+        return checkpointing.checkpoint(self.layer, x, attn_mask, scale)
+
+    def layer(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor], scale: float):
+        """The computation of an active block (what checkpointing recomputes)."""
         branch = self.drop(self.attn(self.ln1(x), attn_mask))
         x = x + branch if scale == 1.0 else x + scale * branch
         branch = self.drop(self.mlp(self.ln2(x)))
