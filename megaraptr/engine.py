@@ -23,6 +23,7 @@ import torch
 from megaraptr import checkpoint, consistency
 from megaraptr.config import RaptrConfig, split_ds_config
 from megaraptr.errors import ConfigError
+from megaraptr.gradnorm import install_layer_norm
 from megaraptr.layers import find_blocks, set_layer_mask
 from megaraptr.prefetch import SubnetworkTrace
 from megaraptr.sampler import LayerMask, MaskDigest, SubnetworkSampler
@@ -73,8 +74,10 @@ class RaptrEngine:
         """Sum over applied steps of the number of layers that ran."""
         self.freeze_skipped = config.enabled and config.skipped_layers == "freeze"
         self.freezer = None
+        self.fast_norm = False
         if has_layer_groups(ds_engine.basic_optimizer):
             self.freezer = FrozenLayers(ds_engine.basic_optimizer, ds_engine.optimizer)
+            self.fast_norm = install_layer_norm(ds_engine.optimizer, lambda: self.freezer.frozen)
 
     def __getattr__(self, name):
         return getattr(self.__dict__["ds"], name)
@@ -153,8 +156,14 @@ class RaptrEngine:
         return StepResult(step, stage, mask, float(total) / expected, applied)
 
     def _before_optimizer_step(self, mask: LayerMask) -> None:
-        """Gradients are reduced; the optimizer has not run: mend what ZeRO-3 left stale."""
-        if self.zero_stage == 3 and mask.skipped_ids:
+        """Gradients are reduced; the optimizer has not run: mend what ZeRO-3 left stale.
+
+        Under freeze with megaraptr's norm, nothing reads a skipped layer's gradient buffer
+        (neither the norm nor the optimizer), so the stale values can stay: the layer's next
+        active step overwrites them."""
+        if self.zero_stage != 3 or not mask.skipped_ids:
+            return
+        if not (self.freeze_skipped and self.fast_norm):
             params = [p for i in mask.skipped_ids for p in self.blocks[i].parameters()]
             clear_stale_zero3_grads(self.ds.optimizer, params)
 

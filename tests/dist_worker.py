@@ -162,7 +162,8 @@ def run_case(data, stage: int, dtype: str, policy: str, checkpoint: str = "none"
             "prefetched": gathered.prefetched, "invalidations": gathered.invalidations,
         })
     return {"steps": steps, "digest": engine.digest.hexdigest,
-            "flops": engine.layer_flops_fraction(), "linked": state_linked(engine)}
+            "flops": engine.layer_flops_fraction(), "linked": state_linked(engine),
+            "fast_norm": engine.fast_norm}
 
 
 def state_linked(engine):

@@ -46,6 +46,7 @@ def test_zero_stages_follow_one_fp32_trajectory(matrix):
             assert losses(case) == pytest.approx(base, rel=FP32_RTOL), (stage, policy)
             # the clipping norm sees no stale ZeRO-3 gradient of a skipped layer
             assert [s["grad_norm"] for s in case["steps"]] == pytest.approx(norms, rel=FP32_RTOL)
+            assert case["fast_norm"], (stage, policy)  # megaraptr's one-pass norm was used
     # the two policies are really different updates once a skipped layer has momentum
     assert losses(rank0["0-fp32-freeze"]) != pytest.approx(losses(rank0["0-fp32-momentum"]),
                                                            rel=FP32_RTOL)
