@@ -30,6 +30,7 @@ from megaraptr.sampler import LayerMask, MaskDigest, SubnetworkSampler
 from megaraptr.schedule import Schedule, Stage, build_schedule
 from megaraptr.zero import (FrozenLayers, clear_stale_zero3_grads, has_layer_groups,
                             layer_param_groups)
+from megaraptr.zero_step import install_frozen_step
 
 
 @dataclass
@@ -74,10 +75,13 @@ class RaptrEngine:
         """Sum over applied steps of the number of layers that ran."""
         self.freeze_skipped = config.enabled and config.skipped_layers == "freeze"
         self.freezer = None
-        self.fast_norm = False
+        self.fast_norm = self.fast_step = False
         if has_layer_groups(ds_engine.basic_optimizer):
             self.freezer = FrozenLayers(ds_engine.basic_optimizer, ds_engine.optimizer)
             self.fast_norm = install_layer_norm(ds_engine.optimizer, lambda: self.freezer.frozen)
+            if self.freeze_skipped:
+                self.fast_step = install_frozen_step(ds_engine.optimizer,
+                                                     lambda: self.freezer.frozen)
 
     def __getattr__(self, name):
         return getattr(self.__dict__["ds"], name)

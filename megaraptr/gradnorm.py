@@ -9,7 +9,8 @@ skipped layers' all-zero gradients would be read for nothing.
 gradients of groups that are not frozen this step (a frozen group's gradient is zero and adds
 nothing to the sum), computes all per-tensor norms with one fused ``torch._foreach_norm`` in
 fp64, and all-reduces a single number. Same value up to float summation order; the invalid
-(inf/NaN) sentinel is kept. Configurations it does not cover (CPU offload, MoE, Muon,
+(inf/NaN) sentinel is kept. Under ZeRO-1/2 the same pass answers DeepSpeed's overflow check
+(by default an isfinite kernel per gradient tensor, also in bf16), and its norm is reused. Configurations it does not cover (CPU offload, MoE, Muon,
 model- or pipeline-replicated parameters) keep DeepSpeed's own method.
 """
 from __future__ import annotations
@@ -47,7 +48,8 @@ def install_layer_norm(ds_optimizer, frozen: Callable[[], FrozenSet[int]]) -> bo
         frozen: gives the layer ids whose groups are frozen on the current step.
     """
     from deepspeed import comm as dist
-    from deepspeed.runtime.utils import combine_grad_norm_groups, mask_nan_or_inf_with_val_inplace
+    from deepspeed.runtime.utils import (combine_grad_norm_groups, is_invalid_grad_norm,
+                                         mask_nan_or_inf_with_val_inplace)
 
     basic = getattr(ds_optimizer, "optimizer", None)
     if basic is None:  # ZeRO-0 without a DeepSpeed wrapper: torch's clip_grad_norm_
@@ -83,9 +85,20 @@ def install_layer_norm(ds_optimizer, frozen: Callable[[], FrozenSet[int]]) -> bo
         return norm
 
     if method == "scaled_global_norm":
+        cached = {}
+
+        def has_overflow(partition_gradients=True):
+            # inf/NaN in any gradient makes the norm invalid: one fused pass instead of an
+            # isfinite kernel per tensor (DeepSpeed's bf16 default); the norm is reused below
+            cached["norm"] = global_norm()
+            return is_invalid_grad_norm(cached["norm"])
+
         def scaled_global_norm(norm_type=2):
             assert norm_type == 2, "only L2 norm supported"
-            return combine_grad_norm_groups([global_norm()], norm_type=norm_type)
+            norm = cached.pop("norm", None)
+            return combine_grad_norm_groups([global_norm() if norm is None else norm],
+                                            norm_type=norm_type)
+        ds_optimizer.has_overflow = has_overflow
         ds_optimizer.scaled_global_norm = scaled_global_norm
     else:
         ds_optimizer._get_norm_groups = lambda: [global_norm()]

@@ -163,7 +163,7 @@ def run_case(data, stage: int, dtype: str, policy: str, checkpoint: str = "none"
         })
     return {"steps": steps, "digest": engine.digest.hexdigest,
             "flops": engine.layer_flops_fraction(), "linked": state_linked(engine),
-            "fast_norm": engine.fast_norm}
+            "fast_norm": engine.fast_norm, "fast_step": engine.fast_step}
 
 
 def state_linked(engine):

@@ -47,6 +47,8 @@ def test_zero_stages_follow_one_fp32_trajectory(matrix):
             # the clipping norm sees no stale ZeRO-3 gradient of a skipped layer
             assert [s["grad_norm"] for s in case["steps"]] == pytest.approx(norms, rel=FP32_RTOL)
             assert case["fast_norm"], (stage, policy)  # megaraptr's one-pass norm was used
+            # and under freeze, megaraptr's step that skips frozen groups entirely
+            assert case["fast_step"] == (policy == "freeze"), (stage, policy)
     # the two policies are really different updates once a skipped layer has momentum
     assert losses(rank0["0-fp32-freeze"]) != pytest.approx(losses(rank0["0-fp32-momentum"]),
                                                            rel=FP32_RTOL)
