@@ -61,6 +61,7 @@ class SubnetworkTrace:
         self.skeleton: Optional[Tuple[nn.Module, ...]] = None
         self.runs: Dict[int, Tuple[tuple, tuple]] = {}
         self.installed: Optional[Tuple[bool, ...]] = None
+        self._installed_order: Optional[tuple] = None
         self.installed_steps = 0
         self.recorded_steps = 0
 
@@ -93,8 +94,8 @@ class SubnetworkTrace:
     def learn(self) -> None:
         """Read the coordinator's last recorded trace, if it is a training pass."""
         order = getattr(self.coordinator, _P + "submodule_order")
-        if not order or self.coordinator.is_invalid_trace():
-            return
+        if not order or self.coordinator.is_invalid_trace() or order is self._installed_order:
+            return  # nothing recorded, or the trace megaraptr installed: nothing new
         parsed = self._parse(order)
         if parsed is None:
             return
@@ -132,6 +133,7 @@ class SubnetworkTrace:
             for param in sorted(set(ppc.iter_params(module, recurse=leaf)), key=lambda p: p.ds_id):
                 params.append(param_in_trace(param=param, step_id_last_used_at=step_id))
         setattr(co, _P + "submodule_order", order)
+        self._installed_order = order
         setattr(co, _P + "param_order", tuple(params))
         setattr(co, _P + "trace_mode", ppc.ZeRoTraceMode.COMPLETE)
 
