@@ -19,7 +19,7 @@ from typing import Callable, FrozenSet, List
 
 import torch
 
-from megaraptr.zero import GROUP_KEY, NOT_A_LAYER
+from megaraptr.zero import partition_layers
 
 
 def _squared_norm(grads: List[torch.Tensor], device) -> torch.Tensor:
@@ -27,16 +27,6 @@ def _squared_norm(grads: List[torch.Tensor], device) -> torch.Tensor:
         return torch.zeros((), dtype=torch.float64, device=device)
     norms = torch._foreach_norm(grads, 2, dtype=torch.float64)
     return torch.stack(norms).pow(2).sum()
-
-
-def _supported(opt, params) -> bool:
-    if getattr(opt, "cpu_offload", False) or getattr(opt, "offload_optimizer", False):
-        return False
-    if getattr(opt, "has_moe_layers", False) or getattr(opt, "use_muon", False):
-        return False
-    if getattr(opt, "model_parallel_world_size", 1) not in (None, 1):
-        return False
-    return not any(getattr(p, "ds_pipe_replicated", False) for p in params)
 
 
 def install_layer_norm(ds_optimizer, frozen: Callable[[], FrozenSet[int]]) -> bool:
@@ -51,24 +41,10 @@ def install_layer_norm(ds_optimizer, frozen: Callable[[], FrozenSet[int]]) -> bo
     from deepspeed.runtime.utils import (combine_grad_norm_groups, is_invalid_grad_norm,
                                          mask_nan_or_inf_with_val_inplace)
 
-    basic = getattr(ds_optimizer, "optimizer", None)
-    if basic is None:  # ZeRO-0 without a DeepSpeed wrapper: torch's clip_grad_norm_
+    layer_of_group = partition_layers(ds_optimizer)
+    if layer_of_group is None:
         return False
-    if hasattr(ds_optimizer, "sub_group_to_group_id"):  # ZeRO-3: sub-groups of groups
-        partitions = ds_optimizer.fp16_groups
-        groups = [basic.param_groups[ds_optimizer.sub_group_to_group_id[i]]
-                  for i in range(len(partitions))]
-        method = "_get_norm_groups"
-    elif hasattr(ds_optimizer, "bit16_groups"):  # ZeRO-1/2
-        partitions = ds_optimizer.bit16_groups
-        groups = list(basic.param_groups)
-        method = "scaled_global_norm"
-    else:
-        return False
-    params = [p for partition in partitions for p in partition]
-    if not _supported(ds_optimizer, params) or len(groups) != len(partitions):
-        return False
-    layer_of_group = [group.get(GROUP_KEY, NOT_A_LAYER) for group in groups]
+    zero3 = hasattr(ds_optimizer, "sub_group_to_group_id")
 
     def global_norm() -> torch.Tensor:
         skip = frozen()
@@ -84,7 +60,7 @@ def install_layer_norm(ds_optimizer, frozen: Callable[[], FrozenSet[int]]) -> bo
         mask_nan_or_inf_with_val_inplace(norm, device=ds_optimizer.device)
         return norm
 
-    if method == "scaled_global_norm":
+    if not zero3:
         cached = {}
 
         def has_overflow(partition_gradients=True):

@@ -60,10 +60,7 @@ class SubnetworkTrace:
                     self.owner[module] = block.layer_id
         self.skeleton: Optional[Tuple[nn.Module, ...]] = None
         self.runs: Dict[int, Tuple[tuple, tuple]] = {}
-        self.installed: Optional[Tuple[bool, ...]] = None
         self._installed_order: Optional[tuple] = None
-        self.installed_steps = 0
-        self.recorded_steps = 0
 
     # -- learning --------------------------------------------------------------------------
     def _parse(self, order: Sequence[nn.Module]):
@@ -150,12 +147,8 @@ class SubnetworkTrace:
         order = self.order_for(active)
         if order is None:
             self._record_next()
-            self.installed = None
-            self.recorded_steps += 1
             return False
         current = getattr(self.coordinator, _P + "submodule_order")
         if not (self.coordinator.is_complete_trace() and current == order):
             self._install(order)
-        self.installed = active
-        self.installed_steps += 1
         return True

@@ -81,6 +81,37 @@ def has_layer_groups(optimizer: torch.optim.Optimizer) -> bool:
     return all(GROUP_KEY in g for g in optimizer.param_groups)
 
 
+_MOVING_PARTS = ("cpu_offload", "offload_optimizer", "swap_optimizer", "use_muon", "zenflow",
+                 "torch_autocast_gradscaler", "has_moe_layers")
+
+
+def partition_layers(ds_optimizer) -> Optional[List[int]]:
+    """The layer id of each flat partition of a plain ZeRO optimizer, in DeepSpeed's order.
+
+    A partition is a parameter group under ZeRO-1/2 (``bit16_groups``) and a sub-group under
+    ZeRO-3 (``fp16_groups``). None for anything else: ZeRO-0, and ZeRO configurations with more
+    moving parts (offload, Muon, ZenFlow, autocast's grad scaler, MoE, model- or pipeline-
+    replicated parameters), which megaraptr leaves to DeepSpeed's own step and norm.
+    """
+    basic = getattr(ds_optimizer, "optimizer", None)
+    if basic is None or any(getattr(ds_optimizer, name, False) for name in _MOVING_PARTS):
+        return None
+    if getattr(ds_optimizer, "model_parallel_world_size", 1) not in (None, 1):
+        return None
+    if hasattr(ds_optimizer, "sub_group_to_group_id"):  # ZeRO-3
+        partitions = ds_optimizer.fp16_groups
+        groups = [basic.param_groups[ds_optimizer.sub_group_to_group_id[i]]
+                  for i in range(len(partitions))]
+    elif hasattr(ds_optimizer, "bit16_groups"):  # ZeRO-1/2
+        partitions, groups = ds_optimizer.bit16_groups, list(basic.param_groups)
+    else:
+        return None
+    if len(groups) != len(partitions) or any(getattr(p, "ds_pipe_replicated", False)
+                                             for part in partitions for p in part):
+        return None
+    return [group.get(GROUP_KEY, NOT_A_LAYER) for group in groups]
+
+
 class FrozenLayers:
     """Leave skipped layers' parameter groups out of the basic optimizer's step.
 
@@ -97,6 +128,8 @@ class FrozenLayers:
         self.frozen: frozenset = frozenset()
         self._optimizer = basic_optimizer
         self._ds_optimizer = ds_optimizer
+        self._stateless = {id(g) for g in basic_optimizer.param_groups}
+        """Groups not yet holding optimizer state (their first step needs a re-link)."""
         self._step = basic_optimizer.step
         basic_optimizer.step = self._filtered_step
 
@@ -108,7 +141,8 @@ class FrozenLayers:
         opt = self._optimizer
         groups = opt.param_groups
         keep = [g for g in groups if g.get(GROUP_KEY, NOT_A_LAYER) not in self.frozen]
-        fresh = any(not opt.state.get(p) for g in keep for p in g["params"])
+        fresh = [g for g in keep if id(g) in self._stateless and g["params"]] \
+            if self._stateless else []
         if len(keep) == len(groups):
             out = self._step(*args, **kwargs)
         else:
@@ -117,7 +151,9 @@ class FrozenLayers:
                 out = self._step(*args, **kwargs)
             finally:
                 opt.param_groups = groups
-        if fresh and hasattr(self._ds_optimizer, "_hp_optimizer_states_linked"):
+        stepped = [g for g in fresh if all(opt.state.get(p) for p in g["params"])]
+        self._stateless.difference_update(id(g) for g in stepped)
+        if stepped and hasattr(self._ds_optimizer, "_hp_optimizer_states_linked"):
             # DeepSpeed links per-parameter views of the optimizer state once, after the first
             # step; a group first stepped later (frozen until now) needs linking again.
             self._ds_optimizer._hp_optimizer_states_linked = False

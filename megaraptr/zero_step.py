@@ -23,13 +23,7 @@ from typing import Callable, FrozenSet
 
 import torch
 
-from megaraptr.zero import GROUP_KEY, NOT_A_LAYER
-
-
-def _plain_enough(opt) -> bool:
-    return not any(getattr(opt, name, False) for name in (
-        "cpu_offload", "offload_optimizer", "use_muon", "zenflow", "torch_autocast_gradscaler",
-        "has_moe_layers", "swap_optimizer"))
+from megaraptr.zero import partition_layers
 
 
 def _zero12_step(opt, frozen_groups: Callable[[], FrozenSet[int]]):
@@ -136,25 +130,19 @@ def install_frozen_step(ds_optimizer, frozen: Callable[[], FrozenSet[int]]) -> b
         ds_optimizer: DeepSpeed's ZeRO-1/2 or ZeRO-3 optimizer.
         frozen: gives the layer ids frozen on the current step.
     """
-    basic = getattr(ds_optimizer, "optimizer", None)
-    if basic is None or not _plain_enough(ds_optimizer):
+    layers = partition_layers(ds_optimizer)
+    if layers is None:
         return False
-    if hasattr(ds_optimizer, "sub_group_to_group_id"):  # ZeRO-3
-        layer_of_sub = {sub: basic.param_groups[group].get(GROUP_KEY, NOT_A_LAYER)
-                        for sub, group in ds_optimizer.sub_group_to_group_id.items()}
-
+    if hasattr(ds_optimizer, "sub_group_to_group_id"):  # ZeRO-3: sub-group helpers
         def frozen_sub(sub_group_id: int) -> bool:
-            return layer_of_sub[sub_group_id] in frozen()
+            return layers[sub_group_id] in frozen()
         for name in ("_prepare_sub_group", "unscale_and_clip_grads", "_optimizer_step",
                      "_reassign_or_swap_out_partitioned_parameters"):
             _skip_frozen(ds_optimizer, name, frozen_sub)
-        return True
-    if hasattr(ds_optimizer, "bit16_groups"):  # ZeRO-1/2
-        layer_of_group = [g.get(GROUP_KEY, NOT_A_LAYER) for g in basic.param_groups]
+    else:  # ZeRO-1/2: the whole step
 
         def frozen_groups() -> FrozenSet[int]:
             skip = frozen()
-            return frozenset(i for i, layer in enumerate(layer_of_group) if layer in skip)
+            return frozenset(i for i, layer in enumerate(layers) if layer in skip)
         ds_optimizer.step = _zero12_step(ds_optimizer, frozen_groups)
-        return True
-    return False
+    return True
