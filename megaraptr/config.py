@@ -9,6 +9,11 @@ Example::
 
     "raptr": {"enabled": true, "schedule": "6-8-10-12", "sampling": "bernoulli",
               "fixed_layers": [0, -1], "scaling": "none", "skipped_layers": "freeze"}
+
+``"method"`` picks what trains on each step (default ``"raptr"``); the comparison methods use
+the same engine: ``"full"``, ``"pld"`` (Progressive Layer Dropping, its ``"pld"`` block),
+``"layerdrop"`` (its ``"layerdrop"`` block) and ``"stacking"`` (gradual stacking: a
+``"schedule"`` of whole depths such as ``"6-9-12"``, and its ``"stacking"`` block).
 """
 from __future__ import annotations
 
@@ -48,6 +53,44 @@ class StageSpec(BaseModel):
         return self
 
 
+class PLDSpec(BaseModel):
+    """Progressive Layer Dropping (Zhang & He, 2020): theta(t) = (1 - theta_bar) exp(-gamma t)
+    + theta_bar; layer i of L (1-based) runs with probability 1 - i/L (1 - theta(t))."""
+
+    model_config = _STRICT
+
+    theta_bar: float = Field(default=0.5, gt=0.0, le=1.0)
+    """The limit of theta(t): the keep probability of the last layer in the long run."""
+    gamma: float = Field(default=0.001, ge=0.0)
+    """Decay rate of theta per applied step."""
+
+
+class LayerDropSpec(BaseModel):
+    """LayerDrop (Fan et al., 2019): every non-fixed layer is dropped with drop_prob."""
+
+    model_config = _STRICT
+
+    drop_prob: float = Field(default=0.2, ge=0.0, lt=1.0)
+
+
+class StackingSpec(BaseModel):
+    """Gradual stacking (Reddi et al., 2023): train the first layers, grow by copying the top."""
+
+    model_config = _STRICT
+
+    optimizer_state: Literal["fresh"] = "fresh"
+    """New layers start with fresh optimizer state (they never stepped before they exist)."""
+
+
+METHOD_DEFAULTS = {
+    "raptr": dict(fixed_layers=[0, -1], scaling="none"),
+    "full": dict(fixed_layers=[], scaling="none"),
+    "pld": dict(fixed_layers=[], scaling="inverse_keep_prob"),
+    "layerdrop": dict(fixed_layers=[], scaling="none"),
+    "stacking": dict(fixed_layers=[], scaling="none"),
+}
+
+
 class RaptrConfig(BaseModel):
     """The "raptr" block. Defaults follow DeepSpeed's convention: absent means disabled."""
 
@@ -55,16 +98,23 @@ class RaptrConfig(BaseModel):
 
     enabled: bool = False
     """False trains the full model every step through the same code path."""
+    method: Literal["raptr", "full", "pld", "layerdrop", "stacking"] = "raptr"
+    """What trains on each step: RAPTR, or a comparison method through the same engine."""
     schedule: Optional[List[StageSpec]] = None
     """"6-8-10-12" (expected active depth per stage, equal stages) or a list of StageSpec."""
     full_model_warmup_steps: int = Field(default=0, ge=0)
     """Steps of full-model training before the first stage (the paper's UL2 recipe)."""
+    stage_lr_rewarm_steps: int = Field(default=0, ge=0)
+    """At the start of every stage after the first, the learning rate ramps linearly from 0
+    back to the LR schedule's value over this many steps (0: one global schedule, the paper)."""
     sampling: Literal["bernoulli", "exact"] = "bernoulli"
     """bernoulli: each non-fixed layer kept with p (the paper); exact: exactly k layers."""
-    fixed_layers: List[int] = Field(default_factory=lambda: [0, -1])
-    """Layers that always run; negative indices count from the end."""
-    scaling: Literal["none", "inverse_keep_prob"] = "none"
-    """Residual-branch scale of kept stochastic layers: 1, or 1/p (inverted dropout)."""
+    fixed_layers: Optional[List[int]] = None
+    """Layers that always run; negative indices count from the end. Default: [0, -1] for
+    raptr, none for pld and layerdrop."""
+    scaling: Optional[Literal["none", "inverse_keep_prob"]] = None
+    """Residual-branch scale of kept stochastic layers: 1, or 1/p (inverted dropout).
+    Default: "inverse_keep_prob" for pld (as in its paper), "none" otherwise."""
     skipped_layers: Literal["freeze", "momentum"] = "freeze"
     """freeze: a skipped layer's weights and optimizer state do not change on that step;
     momentum: the zero-gradient update plain DeepSpeed applies."""
@@ -73,6 +123,27 @@ class RaptrConfig(BaseModel):
     consistency_check_interval: int = Field(default=100, ge=0)
     """Every N applied steps, check with one collective that all ranks chose the same
     subnetwork (0 turns the check off). The first step is always checked."""
+    pld: Optional[PLDSpec] = None
+    """Settings of method "pld"."""
+    layerdrop: Optional[LayerDropSpec] = None
+    """Settings of method "layerdrop"."""
+    stacking: Optional[StackingSpec] = None
+    """Settings of method "stacking"."""
+
+    @property
+    def effective_fixed_layers(self) -> List[int]:
+        if self.fixed_layers is not None:
+            return list(self.fixed_layers)
+        return list(METHOD_DEFAULTS[self.method]["fixed_layers"])
+
+    @property
+    def effective_scaling(self) -> str:
+        return self.scaling or METHOD_DEFAULTS[self.method]["scaling"]
+
+    @property
+    def trains_subnetworks(self) -> bool:
+        """False when every step trains the full model (disabled, or method "full")."""
+        return self.enabled and self.method != "full"
 
     @field_validator("schedule", mode="before")
     @classmethod
@@ -97,7 +168,9 @@ def _format(err: ValidationError) -> ConfigError:
     first = err.errors()[0]
     loc, kind = tuple(first["loc"]), first["type"]
     if kind == "extra_forbidden":
-        model = StageSpec if "schedule" in loc else RaptrConfig
+        model = {"schedule": StageSpec, "pld": PLDSpec, "layerdrop": LayerDropSpec,
+                 "stacking": StackingSpec}.get(loc[0], RaptrConfig) if len(loc) > 1 \
+            else RaptrConfig
         message = f"unknown key; allowed: {', '.join(model.model_fields)}"
     else:
         message = first["msg"].removeprefix("Value error, ")
@@ -123,10 +196,44 @@ def parse_raptr_block(block: Any) -> RaptrConfig:
         config = RaptrConfig.model_validate(block)
     except ValidationError as err:
         raise _format(err) from None
-    if config.enabled and not config.schedule:
-        raise ConfigError("raptr.schedule", 'required when "enabled" is true, e.g. "6-8-10-12" '
-                          "or a list of stages")
+    _check_method(config, block)
     return config
+
+
+def _check_method(config: RaptrConfig, block: dict) -> None:
+    """Keys that only some methods use: required where needed, refused where meaningless."""
+    method = config.method
+    for other in ("pld", "layerdrop", "stacking"):
+        if other in block and method != other:
+            raise ConfigError(f"raptr.{other}", f'settings of method "{other}", but "method" is '
+                              f'"{method}"; allowed: only the block of the chosen method')
+    if not config.enabled:
+        return
+    if method in ("raptr", "stacking") and not config.schedule:
+        example = '"6-9-12" (whole depths)' if method == "stacking" else '"6-8-10-12"'
+        raise ConfigError("raptr.schedule", f'required when "enabled" is true and "method" is '
+                          f'"{method}", e.g. {example} or a list of stages')
+    if method in ("full", "pld", "layerdrop") and config.schedule:
+        raise ConfigError("raptr.schedule", f'not used by method "{method}"; allowed: no '
+                          '"schedule" (or "method": "raptr" / "stacking")')
+    if method in ("pld", "layerdrop", "stacking", "full") and config.sampling == "exact":
+        raise ConfigError("raptr.sampling", f'"exact" is for method "raptr"; method "{method}" '
+                          'samples each layer on its own ("bernoulli")')
+    if method == "stacking":
+        for key in ("fixed_layers", "scaling"):
+            if key in block:
+                raise ConfigError(f"raptr.{key}", 'not used by method "stacking" (the first k '
+                                  "layers train, unscaled); allowed: leave it out")
+        if config.full_model_warmup_steps:
+            raise ConfigError("raptr.full_model_warmup_steps", 'not used by method "stacking" '
+                              "(the full model does not exist before the last stage)")
+        if config.skipped_layers != "freeze":
+            raise ConfigError("raptr.skipped_layers", 'method "stacking" needs "freeze": layers '
+                              "that do not exist yet get no optimizer updates")
+        for i, stage in enumerate(config.schedule):
+            if stage.layers is None or stage.layers != int(stage.layers):
+                raise ConfigError(f"raptr.schedule[{i}]", 'method "stacking" needs a whole '
+                                  'number of "layers" per stage, e.g. "6-9-12"')
 
 
 def load_ds_config(config: Union[str, os.PathLike, dict]) -> dict:

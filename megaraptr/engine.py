@@ -25,9 +25,11 @@ from megaraptr.config import RaptrConfig, split_ds_config
 from megaraptr.errors import ConfigError
 from megaraptr.gradnorm import install_layer_norm
 from megaraptr.layers import find_blocks, set_layer_mask
+from megaraptr.policies import growth_plan, rewarm_multiplier
 from megaraptr.prefetch import SubnetworkTrace
 from megaraptr.sampler import LayerMask, MaskDigest, SubnetworkSampler
 from megaraptr.schedule import Schedule, Stage, build_schedule
+from megaraptr.stacking import check_supported, copy_layers
 from megaraptr.zero import (FrozenLayers, clear_stale_zero3_grads, has_layer_groups,
                             layer_param_groups)
 from megaraptr.zero_step import install_frozen_step
@@ -44,6 +46,8 @@ class StepResult:
     """Mean training loss over the micro-batches of this rank."""
     applied: bool
     """False when the optimizer skipped the step (fp16 overflow)."""
+    keep_prob: float = 1.0
+    """The step's keep probability (PLD: theta(t); stacking: depth / L)."""
 
 
 def loss_of(output) -> torch.Tensor:
@@ -73,7 +77,9 @@ class RaptrEngine:
         self.digest = MaskDigest()
         self.active_layer_steps = 0
         """Sum over applied steps of the number of layers that ran."""
-        self.freeze_skipped = config.enabled and config.skipped_layers == "freeze"
+        self.freeze_skipped = config.trains_subnetworks and config.skipped_layers == "freeze"
+        if schedule.method == "stacking":
+            check_supported(ds_engine)
         self.freezer = None
         self.fast_norm = self.fast_step = False
         if has_layer_groups(ds_engine.basic_optimizer):
@@ -129,6 +135,8 @@ class RaptrEngine:
             consistency.check_same_subnetwork(
                 seed=self.seed, fingerprint=self.schedule.fingerprint(), step=step, mask=mask,
                 device=self.ds.device, group=self.ds.data_parallel_group)
+        if self.schedule.method == "stacking" and stage.index > 0 and step == stage.first_step:
+            self.grow(self.schedule.stages[stage.index - 1].exact_layers, stage.exact_layers)
         set_layer_mask(self.blocks, mask)
         if self.trace is not None:
             self.trace.prepare(mask.active)
@@ -149,15 +157,45 @@ class RaptrEngine:
         for i, batch in enumerate(micro_batches):
             loss = loss_of(self.ds(**batch))
             self.ds.backward(loss)
+            restore = None
             if i == expected - 1:
                 self._before_optimizer_step(mask)
+                restore = self._rewarm_lr(step, stage)
             self.ds.step()
+            if restore:
+                restore()
             total += loss.detach().float()
         applied = self.applied_steps == step
         if applied:
             self.digest.update(step, mask)
             self.active_layer_steps += mask.num_active
-        return StepResult(step, stage, mask, float(total) / expected, applied)
+        return StepResult(step, stage, mask, float(total) / expected, applied,
+                          self.schedule.keep_prob_at(step))
+
+    def _rewarm_lr(self, step: int, stage: Stage):
+        """Scale this step's LR by the stage re-warmup factor; returns an undo for the case
+        no LR scheduler overwrites it after the step."""
+        first = 1 if self.schedule.stages[0].name == "warmup" else 0
+        factor = rewarm_multiplier(step, stage.first_step, stage.index,
+                                   self.config.stage_lr_rewarm_steps, first)
+        if factor == 1.0:
+            return None
+        groups = self.ds.optimizer.param_groups
+        saved = [(g, g["lr"], g["lr"] * factor) for g in groups]
+        for group, _, scaled in saved:
+            group["lr"] = scaled
+
+        def undo():
+            for group, lr, scaled in saved:
+                if group["lr"] == scaled:
+                    group["lr"] = lr
+        return undo
+
+    def grow(self, old_depth: int, new_depth: int) -> None:
+        """Gradual stacking: copy the top layers of the ``old_depth``-layer model onto the new
+        layers (in the module and in the optimizer's fp32 master weights, on every rank)."""
+        if new_depth > old_depth:
+            copy_layers(self.ds, self.blocks, growth_plan(old_depth, new_depth))
 
     def _before_optimizer_step(self, mask: LayerMask) -> None:
         """Gradients are reduced; the optimizer has not run: mend what ZeRO-3 left stale.
@@ -178,6 +216,8 @@ class RaptrEngine:
         from deepspeed import comm as dist
 
         was_training = self.ds.module.training
+        if self.schedule.method == "stacking":  # evaluate the model that exists now
+            set_layer_mask(self.blocks, self.sampler.mask(max(1, self.applied_steps)))
         self.ds.eval()
         sums = torch.zeros(2, dtype=torch.float64, device=self.ds.device)
         for batch in batches:
@@ -230,7 +270,7 @@ def initialize(args=None, model=None, optimizer=None, model_parameters=None,
     blocks = find_blocks(model)
     schedule = build_schedule(raptr_config, num_layers=len(blocks), total_steps=total_steps)
     if isinstance(optimizer, torch.optim.Optimizer):
-        if raptr_config.enabled and raptr_config.skipped_layers == "freeze" and \
+        if raptr_config.trains_subnetworks and raptr_config.skipped_layers == "freeze" and \
                 not has_layer_groups(optimizer):
             raise ConfigError("raptr.skipped_layers", '"freeze" needs an optimizer built from '
                               "megaraptr.layer_param_groups(model, ...) or none at all")

@@ -6,7 +6,8 @@ A transformer block takes part by being marked (:func:`mark_block`) and by decor
 - it knows its global layer id (``block.layer_id``), the same on every pipeline stage;
 - while training, an inactive block returns its input and runs no kernel at all;
 - an active block multiplies its residual branches by :func:`residual_scale`;
-- in eval mode every block runs, unscaled: evaluation is always the full model;
+- in eval mode every block runs, unscaled: evaluation is always the full model (under gradual
+  stacking, the model that exists: blocks not yet ``raptr_present`` are skipped there too);
 - nothing is renamed or wrapped, so state_dict keys are the same with RAPTR on or off.
 
 The engine calls :func:`set_layer_mask` once per optimizer step; it is the only setter. The
@@ -27,6 +28,7 @@ def mark_block(block: nn.Module, layer_id: int) -> nn.Module:
     block.layer_id = int(layer_id)
     block.raptr_active = True
     block.raptr_scale = 1.0
+    block.raptr_present = True
     return block
 
 
@@ -51,10 +53,11 @@ def set_layer_mask(blocks: Sequence[nn.Module], mask: Optional[LayerMask]) -> No
     """
     for block in blocks:
         if mask is None:
-            block.raptr_active, block.raptr_scale = True, 1.0
+            block.raptr_active, block.raptr_scale, block.raptr_present = True, 1.0, True
         else:
             block.raptr_active = mask.active[block.layer_id]
             block.raptr_scale = mask.scale[block.layer_id]
+            block.raptr_present = True if mask.present is None else mask.present[block.layer_id]
 
 
 def residual_scale(block: nn.Module) -> float:
@@ -67,7 +70,7 @@ def skippable(forward: Callable) -> Callable:
 
     @functools.wraps(forward)
     def wrapped(self, hidden, *args, **kwargs):
-        if self.training and not self.raptr_active:
+        if not self.raptr_active and (self.training or not getattr(self, "raptr_present", True)):
             return hidden
         return forward(self, hidden, *args, **kwargs)
 

@@ -8,7 +8,7 @@ on every call, so each step sends all its scalars at once. Tags, all indexed by 
 ``train/lr``                   learning rate of the first parameter group
 ``train/tokens_per_sec``       tokens of all ranks per second of wall-clock
 ``raptr/stage``                stage index (warmup, if any, is 0)
-``raptr/keep_prob``            keep probability of the stochastic layers
+``raptr/keep_prob``            keep probability of the stochastic layers (PLD: theta)
 ``raptr/active_layers``        layers that ran this step
 ``raptr/layer_flops_fraction`` cumulative layer FLOPs relative to full-model training
 ``eval/loss``                  full-model held-out loss (at evaluation steps)
@@ -39,7 +39,7 @@ def step_events(result, *, loss: float, lr: float, tokens_per_sec: float,
         ("train/lr", lr, step),
         ("train/tokens_per_sec", tokens_per_sec, step),
         ("raptr/stage", float(result.stage.index), step),
-        ("raptr/keep_prob", result.stage.keep_prob, step),
+        ("raptr/keep_prob", result.keep_prob, step),
         ("raptr/active_layers", float(result.mask.num_active), step),
         ("raptr/layer_flops_fraction", layer_flops_fraction, step),
     ]

@@ -12,13 +12,17 @@ machine, Python, NumPy and PyTorch version.
 
 Scaling ``inverse_keep_prob`` multiplies a kept stochastic layer's residual branch by 1/p
 (p: that layer's marginal keep probability); fixed layers and ``none`` keep scale 1.
+
+The comparison methods draw the same way from the schedule's per-layer probabilities
+(:meth:`Schedule.layer_probs`): PLD's depend on the layer and the step. Stacking draws nothing:
+the first k layers run, and only they exist (``LayerMask.present``; evaluation runs them only).
 """
 from __future__ import annotations
 
 import hashlib
 import struct
 from dataclasses import dataclass
-from typing import Iterable, Tuple
+from typing import Iterable, Optional, Tuple
 
 from megaraptr.schedule import Schedule, Stage
 
@@ -31,6 +35,9 @@ class LayerMask:
 
     active: Tuple[bool, ...]
     scale: Tuple[float, ...]
+    present: Optional[Tuple[bool, ...]] = None
+    """Layers that exist in the model at this step (None: all); only stacking has absent ones,
+    and evaluation skips them too."""
 
     @classmethod
     def full(cls, num_layers: int) -> "LayerMask":
@@ -94,6 +101,15 @@ def sample_mask(seed: int, step: int, stage: Stage, *, sampling: str = "bernoull
     return LayerMask(active, scale)
 
 
+def sample_probs(seed: int, step: int, probs: Tuple[float, ...], *,
+                 scaling: str = "none") -> LayerMask:
+    """Bernoulli draws with a probability per layer (1 always runs, unscaled)."""
+    active = tuple(p >= 1.0 or uniform(seed, step, i) < p for i, p in enumerate(probs))
+    scale = tuple(0.0 if not on else (1.0 / p if scaling == "inverse_keep_prob" and p < 1.0
+                                      else 1.0) for on, p in zip(active, probs))
+    return LayerMask(active, scale)
+
+
 class SubnetworkSampler:
     """The schedule and seed of a run: ``mask(step)`` for any applied step."""
 
@@ -102,9 +118,16 @@ class SubnetworkSampler:
         self.seed = int(seed)
 
     def mask(self, step: int) -> LayerMask:
-        stage = self.schedule.stage_at(step)
-        return sample_mask(self.seed, step, stage, sampling=self.schedule.sampling,
-                           scaling=self.schedule.scaling)
+        schedule = self.schedule
+        stage = schedule.stage_at(step)
+        if schedule.method == "stacking":
+            active = tuple(i < stage.exact_layers for i in range(stage.num_layers))
+            return LayerMask(active, tuple(float(on) for on in active), active)
+        if schedule.method == "pld" and not stage.is_full:
+            return sample_probs(self.seed, step, schedule.layer_probs(step),
+                                scaling=schedule.scaling)
+        return sample_mask(self.seed, step, stage, sampling=schedule.sampling,
+                           scaling=schedule.scaling)
 
     def masks(self, steps: Iterable[int]):
         return [self.mask(s) for s in steps]

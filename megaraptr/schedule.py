@@ -10,6 +10,10 @@ validated raptr block, the model's depth L and the run's total steps N:
 
 With F fixed layers and S = L - F stochastic ones, a stage of keep probability p has expected
 depth F + p * S; "6-8-10-12" of 12 layers with the first and last fixed is p = .4 .6 .8 1.
+
+The comparison methods build schedules here too: ``layerdrop`` is one stage of keep
+probability 1 - p; ``pld`` one stage whose per-layer probabilities follow theta(t)
+(:mod:`megaraptr.policies`); ``stacking`` stages of whole depths, the first k layers each.
 """
 from __future__ import annotations
 
@@ -18,8 +22,9 @@ import json
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
-from megaraptr.config import RaptrConfig, StageSpec
+from megaraptr.config import LayerDropSpec, PLDSpec, RaptrConfig, StageSpec
 from megaraptr.errors import ConfigError
+from megaraptr.policies import pld_layer_probs, pld_layer_sum, pld_theta
 
 _EPS = 1e-9
 
@@ -64,6 +69,37 @@ class Schedule:
     num_layers: int
     sampling: str = "bernoulli"
     scaling: str = "none"
+    method: str = "raptr"
+    pld: Optional[Tuple[float, float]] = None
+    """(theta_bar, gamma) of method "pld"."""
+
+    def keep_prob_at(self, step: int) -> float:
+        """The keep probability reported for a step (PLD: theta(t); stacking: k / L)."""
+        stage = self.stage_at(step)
+        if self.method == "pld" and not stage.is_full:
+            return pld_theta(step, *self.pld)
+        return stage.keep_prob
+
+    def layer_probs(self, step: int) -> Tuple[float, ...]:
+        """Every layer's marginal probability of running on ``step``."""
+        stage = self.stage_at(step)
+        if self.method == "pld" and not stage.is_full:
+            return pld_layer_probs(self.num_layers, stage.fixed, pld_theta(step, *self.pld))
+        if self.method == "stacking":
+            return tuple(1.0 if i < stage.exact_layers else 0.0 for i in range(self.num_layers))
+        if stage.exact_layers is not None and stage.num_layers > len(stage.fixed):
+            free = stage.num_layers - len(stage.fixed)
+            prob = (stage.exact_layers - len(stage.fixed)) / free
+        else:
+            prob = stage.keep_prob
+        return tuple(1.0 if i in stage.fixed else prob for i in range(self.num_layers))
+
+    def _layer_runs(self, stage: "Stage", first: int, last: int) -> float:
+        if last < first:
+            return 0.0
+        if self.method == "pld" and not stage.is_full:
+            return pld_layer_sum(first, last, self.num_layers, stage.fixed, *self.pld)
+        return (last - first + 1) * stage.expected_layers
 
     def stage_at(self, step: int) -> Stage:
         """The stage of applied step ``step`` (1-based); steps past the end stay in the last."""
@@ -81,12 +117,9 @@ class Schedule:
             return 1.0
         spent = 0.0
         for stage in self.stages:
-            overlap = min(stage.last_step, upto) - stage.first_step + 1
-            if overlap > 0:
-                spent += overlap * stage.expected_layers
+            spent += self._layer_runs(stage, stage.first_step, min(stage.last_step, upto))
         last = self.stages[-1]
-        if upto > last.last_step:
-            spent += (upto - last.last_step) * last.expected_layers
+        spent += self._layer_runs(last, last.last_step + 1, upto)
         return spent / (upto * self.num_layers)
 
     def fingerprint(self) -> str:
@@ -94,8 +127,9 @@ class Schedule:
         names and numbering do not count."""
         spans = [[s.first_step, s.last_step, s.keep_prob, list(s.fixed), s.exact_layers]
                  for s in self.stages]
+        method = [] if self.method == "raptr" else [self.method, self.pld]
         payload = json.dumps([self.total_steps, self.num_layers, self.sampling, self.scaling,
-                              spans]).encode()
+                              spans] + method).encode()
         return hashlib.sha256(payload).hexdigest()[:16]
 
     def describe(self) -> List[dict]:
@@ -202,13 +236,17 @@ def build_schedule(config: RaptrConfig, *, num_layers: int, total_steps: int) ->
         raise ConfigError("model", f"needs at least one layer, got {num_layers}")
     if total_steps < 1:
         raise ConfigError("train_steps", f"must be at least 1, got {total_steps}")
-    if not config.enabled:
+    if not config.trains_subnetworks:
         return full_schedule(num_layers, total_steps)
-    fixed = resolve_fixed_layers(config.fixed_layers, num_layers)
+    fixed = resolve_fixed_layers(config.effective_fixed_layers, num_layers)
     warmup = config.full_model_warmup_steps
     if warmup >= total_steps:
         raise ConfigError("raptr.full_model_warmup_steps",
                           f"{warmup} leaves no steps for the stages of a {total_steps}-step run")
+    if config.method in ("pld", "layerdrop"):
+        return _single_stage(config, num_layers, total_steps, fixed, warmup)
+    if config.method == "stacking":
+        return _stacking(config, num_layers, total_steps)
     probs, exact = [], []
     for i, spec in enumerate(config.schedule):
         key = f"raptr.schedule[{i}]"
@@ -236,4 +274,45 @@ def build_schedule(config: RaptrConfig, *, num_layers: int, total_steps: int) ->
                             1.0 if prob > 1.0 - _EPS else prob, num_layers, fixed,
                             exact[i] if exact else None))
         step += length
-    return Schedule(tuple(stages), total_steps, num_layers, config.sampling, config.scaling)
+    return Schedule(tuple(stages), total_steps, num_layers, config.sampling,
+                    config.effective_scaling)
+
+
+def _single_stage(config: RaptrConfig, num_layers: int, total_steps: int, fixed: Tuple[int, ...],
+                  warmup: int) -> Schedule:
+    """PLD or LayerDrop: one stage over the run (after the optional full-model warmup)."""
+    stages = []
+    if warmup:
+        stages.append(Stage(0, "warmup", 1, warmup, 1.0, num_layers, fixed))
+    if config.method == "pld":
+        spec = config.pld or PLDSpec()
+        pld, prob = (spec.theta_bar, spec.gamma), spec.theta_bar
+    else:
+        pld, prob = None, 1.0 - (config.layerdrop or LayerDropSpec()).drop_prob
+    stages.append(Stage(len(stages), config.method, warmup + 1, total_steps, prob, num_layers,
+                        fixed))
+    return Schedule(tuple(stages), total_steps, num_layers, "bernoulli",
+                    config.effective_scaling, config.method, pld)
+
+
+def _stacking(config: RaptrConfig, num_layers: int, total_steps: int) -> Schedule:
+    """Gradual stacking: stage i trains the first k_i layers; k grows to the full depth."""
+    depths = []
+    for i, spec in enumerate(config.schedule):
+        depth, key = int(spec.layers), f"raptr.schedule[{i}]"
+        if not 1 <= depth <= num_layers:
+            raise ConfigError(f"{key}.layers", f"{depth} layers; allowed: 1 to {num_layers}")
+        if depths and depth < depths[-1]:
+            raise ConfigError(key, f"{depth} layers is below the previous stage's {depths[-1]}; "
+                              "allowed: a model that never shrinks")
+        depths.append(depth)
+    if depths[-1] != num_layers:
+        raise ConfigError(f"raptr.schedule[{len(depths) - 1}]", f"the last stage must be the "
+                          f"full model ({num_layers} layers), got {depths[-1]}")
+    lengths = _lengths(config.schedule, total_steps, 0)
+    stages, step = [], 1
+    for i, (depth, length) in enumerate(zip(depths, lengths)):
+        stages.append(Stage(i, f"stack{depth}", step, step + length - 1, depth / num_layers,
+                            num_layers, (), depth))
+        step += length
+    return Schedule(tuple(stages), total_steps, num_layers, "bernoulli", "none", "stacking")

@@ -31,7 +31,12 @@ from megaraptr.models import DATA_KIND, build_model, num_layers, optimizer_group
 from megaraptr.schedule import build_schedule
 
 
-def prepare_ds_config(args, ds_config: dict, raptr_enabled: bool) -> dict:
+def method_name(raptr_config) -> str:
+    """"full" when every step trains the full model, else the method ("raptr", "pld", ...)."""
+    return raptr_config.method if raptr_config.trains_subnetworks else "full"
+
+
+def prepare_ds_config(args, ds_config: dict, method: str) -> dict:
     """Fill what the run decides: the default optimizer, the scheduler's length (the run's
     --train-steps) and the TensorBoard job name when the config leaves it out."""
     ds_config.setdefault("optimizer", {"type": "AdamW", "params": {
@@ -48,7 +53,6 @@ def prepare_ds_config(args, ds_config: dict, raptr_enabled: bool) -> dict:
                               "(--train-steps)")
     board = ds_config.get("tensorboard")
     if board is not None and "job_name" not in board:
-        method = "raptr" if raptr_enabled else "full"
         board["job_name"] = f"{args.model}-{args.size}-{method}-seed{args.seed}"
     return ds_config
 
@@ -68,7 +72,7 @@ def validate(args):
         check_compatible(read_raptr_state(path), schedule, seed, path,
                          args.override_raptr_schedule)
     ds_config["raptr"] = raptr_config.model_dump(exclude_none=True)
-    return raptr_config, prepare_ds_config(args, ds_config, raptr_config.enabled)
+    return raptr_config, prepare_ds_config(args, ds_config, method_name(raptr_config))
 
 
 def run_seed(seed: int, step: int, rank: int) -> int:
@@ -103,7 +107,8 @@ def run(args) -> dict:
     engine, _, _, lr_scheduler = megaraptr.initialize(
         model=model, model_parameters=optimizer_groups(model), config=ds_config,
         total_steps=args.train_steps, seed=args.seed)
-    history = {"initial_eval_loss": None, "wall_seconds": 0.0, "tokens": 0, "eval": []}
+    history = {"initial_eval_loss": None, "wall_seconds": 0.0, "tokens": 0, "eval": [],
+               "eval_clock": []}
     if args.load:
         _, client_state = engine.load_checkpoint(args.load,
                                                  override_schedule=args.override_raptr_schedule)
@@ -121,6 +126,8 @@ def run(args) -> dict:
     def evaluate(step: int) -> float:
         loss = engine.evaluate(eval_set)
         history["eval"].append([step, loss])
+        history.setdefault("eval_clock", []).append(
+            [step, history["wall_seconds"], engine.layer_flops_fraction()])
         monitor.write(engine, monitor.eval_events(step, loss))
         return loss
 
@@ -128,7 +135,7 @@ def run(args) -> dict:
         history["initial_eval_loss"] = evaluate(engine.applied_steps)
     if rank == 0:
         print(f"megaraptr: {args.model}-{args.size}, {sum(p.numel() for p in model.parameters()):,}"
-              f" parameters, {world} process(es), raptr {'on' if raptr_config.enabled else 'off'}"
+              f" parameters, {world} process(es), method {method_name(raptr_config)}"
               f", {batches.tokens_per_step:,} tokens/step, TensorBoard: {tb_dir}", flush=True)
         for row in engine.schedule.describe():
             print("  " + "  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
@@ -169,11 +176,13 @@ def run(args) -> dict:
     summary = {
         "steps": engine.applied_steps, "finished": finished, "final_eval_loss": final,
         "initial_eval_loss": history["initial_eval_loss"], "eval_history": history["eval"],
+        "eval_clock": history["eval_clock"],
         "wall_seconds": history["wall_seconds"], "session_seconds": session_seconds,
         "tokens_per_second": history["tokens"] / max(history["wall_seconds"], 1e-9),
         "tokens": history["tokens"], "layer_flops_fraction": engine.layer_flops_fraction(),
         "expected_layer_flops_fraction": engine.schedule.expected_flops_fraction(),
         "subnetwork_digest": engine.digest.hexdigest, "raptr_enabled": raptr_config.enabled,
+        "method": method_name(raptr_config),
         "model": args.model, "size": args.size, "world_size": world,
         "schedule": engine.schedule.describe(), "tensorboard_dir": tb_dir, "resumed_from": args.load,
     }

@@ -31,9 +31,10 @@ def test_absent_or_empty_block_is_disabled_with_paper_defaults(block):
     assert cfg.enabled is False
     assert cfg.schedule is None
     assert cfg.full_model_warmup_steps == 0
-    assert cfg.fixed_layers == [0, -1]
+    assert cfg.method == "raptr"
+    assert cfg.fixed_layers is None and cfg.effective_fixed_layers == [0, -1]
     assert cfg.sampling == "bernoulli"
-    assert cfg.scaling == "none"
+    assert cfg.scaling is None and cfg.effective_scaling == "none"
     assert cfg.skipped_layers == "freeze"
     assert cfg.seed is None
     assert cfg.consistency_check_interval == 100
@@ -41,8 +42,9 @@ def test_absent_or_empty_block_is_disabled_with_paper_defaults(block):
 
 def test_default_fixed_layers_are_not_shared_between_instances():
     a, b = RaptrConfig(), RaptrConfig()
-    assert a.fixed_layers == b.fixed_layers == [0, -1]
-    assert a.fixed_layers is not b.fixed_layers
+    assert a.effective_fixed_layers == b.effective_fixed_layers == [0, -1]
+    a.effective_fixed_layers.append(5)
+    assert b.effective_fixed_layers == [0, -1] == a.effective_fixed_layers
 
 
 def test_config_is_frozen():

@@ -12,6 +12,7 @@ from megaraptr.models.gpt import GPTLM
 SIZES = {
     "tiny": dict(num_layers=4, hidden=128, heads=2, ffn=512),       # tests
     "mini": dict(num_layers=8, hidden=256, heads=4, ffn=1024),      # CPU benchmarks
+    "narrow": dict(num_layers=12, hidden=48, heads=3, ffn=192),     # CPU quality studies
     "base": dict(num_layers=12, hidden=768, heads=12, ffn=3072),    # BERT-base shape
     "medium": dict(num_layers=24, hidden=1024, heads=16, ffn=4096),  # GPT-2-medium shape
 }
