@@ -1,0 +1,85 @@
+"""The quality benchmark (python -m megaraptr.bench.quality): a small sweep end to end (runs,
+report, PNG, TensorBoard), resuming a sweep, interpolation and the LR-tied stage lengths."""
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from conftest import run
+from megaraptr.bench.methods import lr_curve, lr_tied_fractions, raptr_depths, stacking_depths
+from megaraptr.bench.report import interpolate
+
+
+def bench(out, *extra, check=True):
+    return run([sys.executable, "-m", "megaraptr.bench.quality", "--out", out, "--size", "tiny",
+                "--steps", "6", "--evals", "2", "--eval-sequences", "8", "--micro-batch", "4",
+                "--seq-len", "32", "--checkpoints", "2", *extra], timeout=600, check=check)
+
+
+def test_depths_of_the_compared_methods():
+    assert raptr_depths(12) == [6, 8, 10, 12]
+    assert stacking_depths(12) == [6, 9, 12]
+
+
+def test_interpolation_reads_between_points():
+    curve = [(0.0, 10.0), (2.0, 6.0), (4.0, 5.0)]
+    assert interpolate(curve, 1.0) == pytest.approx(8.0)
+    assert interpolate(curve, 4.0) == 5.0
+    assert interpolate(curve, 5.0) is None
+
+
+def test_lr_tied_stages_have_equal_lr_sums():
+    fractions = lr_tied_fractions(1000, 4, 0.05, 0.1)
+    assert sum(fractions) == pytest.approx(1.0)
+    assert fractions[0] < fractions[-1]  # early steps have the larger learning rates
+    curve, bounds = lr_curve(1000, 0.05, 0.1), [0]
+    for f in fractions:
+        bounds.append(bounds[-1] + round(f * 1000))
+    sums = [sum(curve[a:b]) for a, b in zip(bounds, bounds[1:])]
+    assert max(sums) / min(sums) < 1.02
+
+
+def test_bad_input_exits_2_with_one_line(tmp_path):
+    proc = bench(tmp_path / "out", "--methods", "full,bogus", check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "megaraptr-bench-quality: error: --methods: unknown method 'bogus'; allowed: full, "
+        "full-matched, raptr, pld, layerdrop, stacking"]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    out = tmp_path_factory.mktemp("sweep")
+    first = bench(out, "--methods", "full,raptr,stacking", "--parallel", "2")
+    return out, first
+
+
+def test_sweep_writes_runs_report_plot_and_tensorboard(sweep):
+    out, proc = sweep
+    assert "[3/3]" in proc.stdout
+    (run_dir,) = [p for p in out.iterdir() if p.is_dir() and p.name.startswith("h")]
+    for method in ("full", "raptr", "stacking"):
+        summary = json.loads((run_dir / method / "summary.json").read_text())
+        assert summary["finished"] and summary["steps"] == 6
+        assert [row[0] for row in summary["eval_clock"]] == [0, 3, 6]
+        assert (out / "tensorboard" / f"{run_dir.name}-{method}").is_dir()
+    report = (out / "report.md").read_text()
+    for method in ("full", "raptr", "stacking"):
+        assert f"| {method} | 6 |" in report
+    assert "loss @" in report and "FLOPs" in report
+    png = out / f"quality_{run_dir.name}.png"
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sweep_skips_finished_runs_and_resumes_interrupted_ones(sweep):
+    out, _ = sweep
+    (run_dir,) = [p for p in out.iterdir() if p.is_dir() and p.name.startswith("h")]
+    before = json.loads((run_dir / "raptr" / "summary.json").read_text())
+    (run_dir / "raptr" / "summary.json").unlink()  # as if killed after its last checkpoint
+    proc = bench(out, "--methods", "full,raptr,stacking")
+    assert "2 already finished, 1 to train" in proc.stdout
+    after = json.loads((run_dir / "raptr" / "summary.json").read_text())
+    assert after["resumed_from"] and after["final_eval_loss"] == before["final_eval_loss"]
+    assert after["subnetwork_digest"] == before["subnetwork_digest"]
