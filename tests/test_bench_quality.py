@@ -83,3 +83,22 @@ def test_sweep_skips_finished_runs_and_resumes_interrupted_ones(sweep):
     after = json.loads((run_dir / "raptr" / "summary.json").read_text())
     assert after["resumed_from"] and after["final_eval_loss"] == before["final_eval_loss"]
     assert after["subnetwork_digest"] == before["subnetwork_digest"]
+
+
+def test_every_method_and_ablation_is_a_valid_block_changing_one_thing():
+    from types import SimpleNamespace
+
+    from megaraptr.bench.methods import ABLATIONS, METHODS
+    from megaraptr.config import parse_raptr_block
+    from megaraptr.schedule import build_schedule
+
+    args = SimpleNamespace(warmup=0.05)
+    base = METHODS["raptr"](12, 3313)
+    for name, block_of in list(METHODS.items()) + [
+            (a, lambda L, N, fn=fn: fn(L, N, args)) for a, fn in ABLATIONS.items()]:
+        block = block_of(12, 3313)
+        schedule = build_schedule(parse_raptr_block(block), num_layers=12, total_steps=3313)
+        assert 0.7 <= schedule.expected_flops_fraction() <= 1.0, name
+        if name in ABLATIONS:
+            changed = {k for k in set(block) | set(base) if block.get(k) != base.get(k)}
+            assert len(changed) == 1, (name, changed)
