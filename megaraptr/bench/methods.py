@@ -14,7 +14,8 @@ only in which layers train on which step:
 ``stacking``       gradual stacking L/2-3L/4-L ("6-9-12")
 =================  ========================================================================
 
-The ablations (``--ablations``, at the longest horizon) change one thing of ``raptr`` each.
+The ablations (``--ablations``, at the longest horizon; or named in ``--methods``, at every
+horizon) change one thing of ``raptr`` each.
 """
 from __future__ import annotations
 
@@ -91,6 +92,8 @@ def _staged(L: int, fractions: List[float]) -> List[dict]:
 
 ABLATIONS: Dict[str, Callable[[int, int, "object"], dict]] = {
     "raptr-long-full-stage": lambda L, N, a: _raptr(L, N, schedule=_staged(L, [.2, .2, .2, .4])),
+    # the longest full-model stage that keeps 6-8-10-12 at 0.78 of the layer FLOPs
+    "raptr-full-stage-34": lambda L, N, a: _raptr(L, N, schedule=_staged(L, [.22, .22, .22, .34])),
     "raptr-lr-tied-stages": lambda L, N, a: _raptr(L, N, schedule=_staged(
         L, lr_tied_fractions(N, 4, a.warmup, COS_MIN_RATIO))),
     "raptr-full-warmup": lambda L, N, a: _raptr(L, N, full_model_warmup_steps=round(0.2 * N)),
@@ -185,7 +188,9 @@ def plan_runs(args, data_path: str) -> List[Run]:
     for h in horizons:
         steps = args.steps or max(8, round(h * params / tokens_per_step))
         h = h if h is not None else steps * tokens_per_step / params
-        names = {m: METHODS[m] for m in args.methods}
+        names = {m: METHODS[m] for m in args.methods if m in METHODS}
+        names.update({a: (lambda fn: lambda L_, N_: fn(L_, N_, args))(ABLATIONS[a])
+                      for a in args.methods if a in ABLATIONS})
         if args.ablations and h == max(horizons if args.steps is None else [h]):
             names.update({a: (lambda fn: lambda L_, N_: fn(L_, N_, args))(fn)
                           for a, fn in ABLATIONS.items()})

@@ -92,10 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv=None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
-    unknown = [m for m in args.methods if m not in METHODS]
+    unknown = [m for m in args.methods if m not in METHODS and m not in ABLATIONS]
     if unknown:
         raise ConfigError("--methods", f"unknown method {unknown[0]!r}; allowed: "
-                          f"{', '.join(METHODS)}")
+                          f"{', '.join(METHODS)} or an ablation ({', '.join(ABLATIONS)})")
     for name in ("vocab_size", "seq_len", "micro_batch", "evals", "eval_sequences", "parallel",
                  "checkpoints"):
         if getattr(args, name) < 1:
