@@ -20,6 +20,7 @@ setup(
         "tokenizers",
         "tqdm",
     ],
-    extras_require={"test": ["pytest"]},
-    entry_points={"console_scripts": ["megaraptr-train=megaraptr.train:main"]},
+    extras_require={"bench": ["matplotlib"], "test": ["pytest", "matplotlib"]},
+    entry_points={"console_scripts": ["megaraptr-train=megaraptr.train:main",
+                                      "megaraptr-bench-quality=megaraptr.bench.quality:main"]},
 )

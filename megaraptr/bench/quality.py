@@ -22,6 +22,7 @@ are defined in :mod:`megaraptr.bench.methods`; the report in :mod:`megaraptr.ben
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import shutil
@@ -100,6 +101,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                  "checkpoints"):
         if getattr(args, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')}", "must be at least 1")
+    if importlib.util.find_spec("matplotlib") is None:  # before any training, not after
+        raise ConfigError("matplotlib", "the benchmark's plots need it; allowed: pip install "
+                          "'megaraptr[bench]' (or matplotlib) first")
     if not 0 <= args.warmup < 1:
         raise ConfigError("--warmup", f"must be in [0, 1), got {args.warmup}")
     for path in (args.data, args.eval_data):
