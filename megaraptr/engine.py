@@ -80,6 +80,8 @@ class RaptrEngine:
         self.freeze_skipped = config.trains_subnetworks and config.skipped_layers == "freeze"
         if schedule.method == "stacking":
             check_supported(ds_engine)
+        self.first_staged = 1 if schedule.stages[0].name == "warmup" else 0
+        """Index of the first stage the LR re-warmup skips (after a full-model warmup: 1)."""
         self.freezer = None
         self.fast_norm = self.fast_step = False
         if has_layer_groups(ds_engine.basic_optimizer):
@@ -175,9 +177,8 @@ class RaptrEngine:
     def _rewarm_lr(self, step: int, stage: Stage):
         """Scale this step's LR by the stage re-warmup factor; returns an undo for the case
         no LR scheduler overwrites it after the step."""
-        first = 1 if self.schedule.stages[0].name == "warmup" else 0
         factor = rewarm_multiplier(step, stage.first_step, stage.index,
-                                   self.config.stage_lr_rewarm_steps, first)
+                                   self.config.stage_lr_rewarm_steps, self.first_staged)
         if factor == 1.0:
             return None
         groups = self.ds.optimizer.param_groups

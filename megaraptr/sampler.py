@@ -83,17 +83,16 @@ def sample_mask(seed: int, step: int, stage: Stage, *, sampling: str = "bernoull
     num_layers, fixed = stage.num_layers, set(stage.fixed)
     if stage.is_full:
         return LayerMask.full(num_layers)
+    if sampling == "bernoulli":
+        probs = tuple(1.0 if i in fixed else stage.keep_prob for i in range(num_layers))
+        return sample_probs(seed, step, probs, scaling=scaling)
+    if sampling != "exact":
+        raise ValueError(f"unknown sampling {sampling!r}")
     stochastic = [i for i in range(num_layers) if i not in fixed]
     draws = {i: uniform(seed, step, i) for i in stochastic}
-    if sampling == "exact":
-        keep = stage.exact_layers - len(fixed)
-        kept = set(sorted(stochastic, key=lambda i: (draws[i], i))[:keep])
-        prob = keep / len(stochastic) if stochastic else 1.0
-    elif sampling == "bernoulli":
-        kept = {i for i in stochastic if draws[i] < stage.keep_prob}
-        prob = stage.keep_prob
-    else:
-        raise ValueError(f"unknown sampling {sampling!r}")
+    keep = stage.exact_layers - len(fixed)
+    kept = set(sorted(stochastic, key=lambda i: (draws[i], i))[:keep])
+    prob = keep / len(stochastic) if stochastic else 1.0
     branch = 1.0 / prob if scaling == "inverse_keep_prob" and prob > 0 else 1.0
     active = tuple(i in fixed or i in kept for i in range(num_layers))
     scale = tuple(0.0 if not on else (1.0 if i in fixed else branch)
