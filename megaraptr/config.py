@@ -73,6 +73,35 @@ class LayerDropSpec(BaseModel):
     drop_prob: float = Field(default=0.2, ge=0.0, lt=1.0)
 
 
+class CostSpec(BaseModel):
+    """Per-micro-batch forward+backward times (any one unit, e.g. ms) of the pipeline's parts."""
+
+    model_config = _STRICT
+
+    layer: float = Field(gt=0.0)
+    """One active transformer layer."""
+    embedding: float = Field(default=0.0, ge=0.0)
+    """Embeddings (and anything else fixed) on the first pipeline stage."""
+    head: float = Field(default=0.0, ge=0.0)
+    """Final norm, output head and loss on the last pipeline stage."""
+
+
+class PipelineSpec(BaseModel):
+    """Balancing under DeepSpeed pipeline parallelism (used with ``--pipeline-stages N``)."""
+
+    model_config = _STRICT
+
+    costs: Optional[CostSpec] = None
+    """The cost model; None: measured by a short profile before training starts."""
+    repartition: bool = True
+    """Move layers between pipeline stages at stage transitions when the cost model predicts
+    a faster step (through a checkpoint written and reloaded under the new partition)."""
+    repartition_min_gain: float = Field(default=0.03, ge=0.0, lt=1.0)
+    """Re-partition only when the predicted step time falls by at least this fraction."""
+    profile_steps: int = Field(default=3, ge=1)
+    """Timed repetitions per part when the costs are measured."""
+
+
 class StackingSpec(BaseModel):
     """Gradual stacking (Reddi et al., 2023): train the first layers, grow by copying the top."""
 
@@ -107,8 +136,10 @@ class RaptrConfig(BaseModel):
     stage_lr_rewarm_steps: int = Field(default=0, ge=0)
     """At the start of every stage after the first, the learning rate ramps linearly from 0
     back to the LR schedule's value over this many steps (0: one global schedule, the paper)."""
-    sampling: Literal["bernoulli", "exact"] = "bernoulli"
-    """bernoulli: each non-fixed layer kept with p (the paper); exact: exactly k layers."""
+    sampling: Literal["bernoulli", "exact", "balanced"] = "bernoulli"
+    """bernoulli: each non-fixed layer kept with p (the paper); exact: exactly k layers;
+    balanced: every pipeline stage runs the same number of layers (+-1), each non-fixed
+    layer still kept with marginal probability p."""
     fixed_layers: Optional[List[int]] = None
     """Layers that always run; negative indices count from the end. Default: [0, -1] for
     raptr, none for pld and layerdrop."""
@@ -129,6 +160,8 @@ class RaptrConfig(BaseModel):
     """Settings of method "layerdrop"."""
     stacking: Optional[StackingSpec] = None
     """Settings of method "stacking"."""
+    pipeline: Optional[PipelineSpec] = None
+    """Pipeline balancing (cost model, re-partitioning); defaults apply when absent."""
 
     @property
     def effective_fixed_layers(self) -> List[int]:
@@ -165,12 +198,15 @@ def _key_path(loc: tuple) -> str:
 
 
 def _format(err: ValidationError) -> ConfigError:
-    first = err.errors()[0]
+    errors = err.errors()
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc, kind = tuple(first["loc"]), first["type"]
     if kind == "extra_forbidden":
         model = {"schedule": StageSpec, "pld": PLDSpec, "layerdrop": LayerDropSpec,
-                 "stacking": StackingSpec}.get(loc[0], RaptrConfig) if len(loc) > 1 \
-            else RaptrConfig
+                 "stacking": StackingSpec, "pipeline": PipelineSpec}.get(loc[0], RaptrConfig) \
+            if len(loc) > 1 else RaptrConfig
+        if loc[:2] == ("pipeline", "costs") and len(loc) > 2:
+            model = CostSpec
         message = f"unknown key; allowed: {', '.join(model.model_fields)}"
     else:
         message = first["msg"].removeprefix("Value error, ")
@@ -216,9 +252,9 @@ def _check_method(config: RaptrConfig, block: dict) -> None:
     if method in ("full", "pld", "layerdrop") and config.schedule:
         raise ConfigError("raptr.schedule", f'not used by method "{method}"; allowed: no '
                           '"schedule" (or "method": "raptr" / "stacking")')
-    if method in ("pld", "layerdrop", "stacking", "full") and config.sampling == "exact":
-        raise ConfigError("raptr.sampling", f'"exact" is for method "raptr"; method "{method}" '
-                          'samples each layer on its own ("bernoulli")')
+    if method in ("pld", "layerdrop", "stacking", "full") and config.sampling != "bernoulli":
+        raise ConfigError("raptr.sampling", f'"{config.sampling}" is for method "raptr"; method '
+                          f'"{method}" samples each layer on its own ("bernoulli")')
     if method == "stacking":
         for key in ("fixed_layers", "scaling"):
             if key in block:
