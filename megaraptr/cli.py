@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--activation-checkpointing", choices=["none", "torch", "deepspeed"],
                    default="none", help="recompute each block in backward: torch's "
                    "checkpointing, or DeepSpeed's (its \"activation_checkpointing\" block)")
+    p.add_argument("--kernels", choices=["eager", "fused", "compiled", "auto"], default=None,
+                   help="kernels of the blocks and the optimizer; overrides the raptr block's "
+                        "\"kernels\" (default: the config's, else eager)")
     p.add_argument("--summary", metavar="FILE", default=None, help="JSON written at the end")
     p.add_argument("--local_rank", "--local-rank", type=int,
                    default=int(os.environ.get("LOCAL_RANK", 0)), help=argparse.SUPPRESS)

@@ -162,6 +162,12 @@ class RaptrConfig(BaseModel):
     """Settings of method "stacking"."""
     pipeline: Optional[PipelineSpec] = None
     """Pipeline balancing (cost model, re-partitioning); defaults apply when absent."""
+    kernels: Literal["eager", "fused", "compiled", "auto"] = "eager"
+    """Kernels of the blocks and the optimizer (megaraptr.kernels), whether or not "enabled":
+    "eager" as written; "fused": one-kernel scaled residual add, apex FusedLayerNorm if
+    importable, fused AdamW; "compiled": "fused" with each block's active computation
+    compiled once (no recompiles across subsets); "auto": the fastest available path for the
+    device and ZeRO stage."""
 
     @property
     def effective_fixed_layers(self) -> List[int]:

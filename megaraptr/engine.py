@@ -270,6 +270,8 @@ def initialize(args=None, model=None, optimizer=None, model_parameters=None,
     raptr_config, ds_config = split_ds_config(config)
     blocks = find_blocks(model)
     schedule = build_schedule(raptr_config, num_layers=len(blocks), total_steps=total_steps)
+    kernels, ds_config, optimizer = _install_kernels(raptr_config.kernels, model, blocks,
+                                                     ds_config, optimizer)
     if isinstance(optimizer, torch.optim.Optimizer):
         if raptr_config.trains_subnetworks and raptr_config.skipped_layers == "freeze" and \
                 not has_layer_groups(optimizer):
@@ -285,4 +287,19 @@ def initialize(args=None, model=None, optimizer=None, model_parameters=None,
         training_data=training_data, lr_scheduler=lr_scheduler, config=ds_config, **ds_kwargs)
     sampler_seed = raptr_config.seed if raptr_config.seed is not None else (seed or 0)
     engine = RaptrEngine(ds_engine, config=raptr_config, schedule=schedule, seed=sampler_seed)
+    engine.kernels = kernels
     return engine, ds_optimizer, dataloader, scheduler
+
+
+def _install_kernels(mode: str, model, blocks, ds_config: dict, optimizer):
+    """Resolve the "kernels" setting for this device and ZeRO stage and install it on the
+    model and the optimizer; returns (report, ds_config, optimizer) (megaraptr.kernels)."""
+    from deepspeed.accelerator import get_accelerator
+
+    from megaraptr.kernels import apply_kernels, fused_optimizer, resolve_kernels
+
+    stage = int((ds_config.get("zero_optimization") or {}).get("stage", 0))
+    plan = resolve_kernels(mode, device=get_accelerator().device_name(), zero_stage=stage)
+    installed = apply_kernels(model, blocks, plan)
+    ds_config, optimizer, choice = fused_optimizer(ds_config, plan, optimizer)
+    return dict(plan.to_dict(), optimizer=choice, **installed), ds_config, optimizer

@@ -60,8 +60,11 @@ def prepare_ds_config(args, ds_config: dict, method: str) -> dict:
 def validate(args):
     """Everything that can be checked before expensive work; returns (raptr, ds_config)."""
     raptr_config, ds_config = split_ds_config(args.deepspeed_config)
+    if getattr(args, "kernels", None):
+        raptr_config = raptr_config.model_copy(update={"kernels": args.kernels})
     schedule = build_schedule(raptr_config, num_layers=num_layers(args.size),
                               total_steps=args.train_steps)
+    check_kernels(raptr_config.kernels, ds_config)
     if args.exit_at_step is not None and not args.save:
         raise ConfigError("--exit-at-step", "needs --save DIR to write the checkpoint")
     if args.exit_at_step is not None and not 1 <= args.exit_at_step <= args.train_steps:
@@ -73,6 +76,15 @@ def validate(args):
                          args.override_raptr_schedule)
     ds_config["raptr"] = raptr_config.model_dump(exclude_none=True)
     return raptr_config, prepare_ds_config(args, ds_config, method_name(raptr_config))
+
+
+def check_kernels(mode: str, ds_config: dict) -> None:
+    """Refuse a kernels mode that cannot run here (e.g. "compiled" under ZeRO-3) up front."""
+    from megaraptr.kernels import resolve_kernels
+
+    cuda = os.environ.get("DS_ACCELERATOR", "cuda") == "cuda" and torch.cuda.is_available()
+    resolve_kernels(mode, device="cuda" if cuda else "cpu",
+                    zero_stage=int((ds_config.get("zero_optimization") or {}).get("stage", 0)))
 
 
 def run_seed(seed: int, step: int, rank: int) -> int:
@@ -136,7 +148,8 @@ def run(args) -> dict:
     if rank == 0:
         print(f"megaraptr: {args.model}-{args.size}, {sum(p.numel() for p in model.parameters()):,}"
               f" parameters, {world} process(es), method {method_name(raptr_config)}"
-              f", {batches.tokens_per_step:,} tokens/step, TensorBoard: {tb_dir}", flush=True)
+              f", {batches.tokens_per_step:,} tokens/step, kernels {engine.kernels['mode']} "
+              f"(optimizer: {engine.kernels['optimizer']}), TensorBoard: {tb_dir}", flush=True)
         for row in engine.schedule.describe():
             print("  " + "  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
         for note in args.notes:
@@ -182,7 +195,7 @@ def run(args) -> dict:
         "tokens": history["tokens"], "layer_flops_fraction": engine.layer_flops_fraction(),
         "expected_layer_flops_fraction": engine.schedule.expected_flops_fraction(),
         "subnetwork_digest": engine.digest.hexdigest, "raptr_enabled": raptr_config.enabled,
-        "method": method_name(raptr_config),
+        "method": method_name(raptr_config), "kernels": engine.kernels,
         "model": args.model, "size": args.size, "world_size": world,
         "schedule": engine.schedule.describe(), "tensorboard_dir": tb_dir, "resumed_from": args.load,
     }

@@ -4,6 +4,9 @@
 ``s`` is the block's residual scale (1 unless ``"scaling": "inverse_keep_prob"``). A skipped
 block returns its input before touching any parameter, so it runs no kernel, forward or
 backward. Shapes are given by :class:`ModelConfig`; the sizes live in ``megaraptr.models``.
+``Block.fast`` is set by :mod:`megaraptr.kernels` (``"kernels"`` other than ``"eager"``): the
+active computation ``layer`` then runs compiled or with fused kernels, and the scale is passed
+as a tensor; the skip test stays here, outside any compiled region.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
+from megaraptr.kernels.residual import residual_add
 from megaraptr.layers import mark_block, residual_scale, skippable
 
 CHECKPOINTING = ("none", "torch", "deepspeed")
@@ -85,28 +89,33 @@ class Block(nn.Module):
         if cfg.checkpoint not in CHECKPOINTING:
             raise ValueError(f"checkpoint {cfg.checkpoint!r}; allowed: {', '.join(CHECKPOINTING)}")
         self.checkpoint = cfg.checkpoint
+        self.fast = None
+        """The fast path of megaraptr.kernels (a FastLayer), or None: the eager layer."""
         mark_block(self, layer_id)
 
     @skippable
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         # Whether the block runs and its scale are decided here, outside the recomputed
         # region: recomputation in backward replays exactly this step's subnetwork.
-        scale = residual_scale(self)
+        scale, layer = residual_scale(self), self.layer
+        if self.fast is not None:
+            scale, layer = self.fast.scale(scale, x), self.fast.layer
         if self.checkpoint == "none" or not torch.is_grad_enabled():
-            return self.layer(x, attn_mask, scale)
+            return layer(x, attn_mask, scale)
         if self.checkpoint == "torch":
-            return torch.utils.checkpoint.checkpoint(self.layer, x, attn_mask, scale,
+            return torch.utils.checkpoint.checkpoint(layer, x, attn_mask, scale,
                                                      use_reentrant=False)
         from deepspeed import checkpointing
 
-        return checkpointing.checkpoint(self.layer, x, attn_mask, scale)
+        return checkpointing.checkpoint(layer, x, attn_mask, scale)
 
-    def layer(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor], scale: float):
-        """The computation of an active block (what checkpointing recomputes)."""
+    def layer(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor], scale):
+        """The computation of an active block (what checkpointing recomputes and the compiled
+        path compiles); ``scale``: a float, or None / a 0-d tensor on the fast paths."""
         branch = self.drop(self.attn(self.ln1(x), attn_mask))
-        x = x + branch if scale == 1.0 else x + scale * branch
+        x = residual_add(x, branch, scale)
         branch = self.drop(self.mlp(self.ln2(x)))
-        return x + branch if scale == 1.0 else x + scale * branch
+        return residual_add(x, branch, scale)
 
 
 def init_weights(model: nn.Module, num_layers: int, std: float = 0.02) -> None:
