@@ -6,7 +6,9 @@ under DeepSpeed+megaraptr at each requested ZeRO stage, and the same model as pl
 (the ideal: no DeepSpeed, skipped layers get no gradient and no optimizer work). It prints the
 fixed and per-layer cost of each path (least squares t(k) = fixed + per_layer * k), the
 speedup t(L)/t(k) measured at each k, and efficiency = DeepSpeed speedup / plain speedup;
-the JSON (``--out``) holds every sample. The table comes last.
+the JSON (``--out``) holds every sample. The table comes last. ``--kernels eager,auto``
+measures every path once per kernels mode (paths ``zero2``, ``zero2+auto``, ...; efficiency is
+taken within a mode), and records the torch.compile graphs each path made (none while timed).
 
 All ks are measured on one engine per ZeRO stage: the ks, ascending, are the stages of one
 ordinary raptr schedule (exact sampling, no fixed layers) after one untimed full-model step,
@@ -27,7 +29,7 @@ import json
 import os
 import platform
 import sys
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 from megaraptr.errors import ConfigError, MegaraptrError
 
@@ -73,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, metavar="FILE.json")
     p.add_argument("--extra-ds-config", default="{}", metavar="JSON",
                    help="merged into every ds_config, e.g. '{\"gradient_clipping\": 1.0}'")
-    p.add_argument("--compile-blocks", action="store_true", help="block.compile() on each block")
+    p.add_argument("--kernels", default="eager", metavar="MODES",
+                   help="kernels modes to measure, joined by commas: eager, fused, compiled, "
+                        "auto (default eager); each path runs once per mode")
     p.add_argument("--breakdown", action="store_true", help="also time forward/backward/step "
                    "(synchronizes at each boundary, so totals grow slightly)")
     return p
@@ -87,6 +91,7 @@ def parse(argv: Optional[List[str]] = None):
     """
     from megaraptr.bench.timing import Plan, ds_config
     from megaraptr.config import split_ds_config
+    from megaraptr.kernels import check_mode
     from megaraptr.models import num_layers
     from megaraptr.schedule import build_schedule
 
@@ -130,12 +135,13 @@ def parse(argv: Optional[List[str]] = None):
         raise ConfigError("--extra-ds-config", f"not valid JSON: {err.msg}") from None
     if not isinstance(extra, dict):
         raise ConfigError("--extra-ds-config", "must be a JSON object")
+    args.kernels = [check_mode(m.strip(), "--kernels") for m in args.kernels.split(",")
+                    if m.strip()] or ["eager"]
     plan = Plan(model=args.model, size=args.size, num_layers=L, ks=sorted(set(ks) | {L}),
                 steps=args.steps, warmup=args.warmup, micro_batch=args.micro_batch,
                 seq_len=args.seq_len, precision=args.precision, device=args.device,
                 skipped_layers=args.skipped_layers, seed=args.seed,
-                compile_blocks=args.compile_blocks, breakdown=args.breakdown,
-                extra_ds_config=extra)
+                kernels=args.kernels[0], breakdown=args.breakdown, extra_ds_config=extra)
     args.zero = zero
     for stage in zero:  # the raptr block and schedule, checked the way initialize will
         raptr, _ = split_ds_config(ds_config(plan, stage))
@@ -157,8 +163,31 @@ def device_name(device: str) -> str:
     return f"cpu: {model} ({os.cpu_count()} cores)"
 
 
+def path_name(name: str, kernels: str) -> str:
+    """A path's key in the result: "zero2" under eager kernels, "zero2+auto" otherwise."""
+    return name if kernels == "eager" else f"{name}+{kernels}"
+
+
+def _table(paths: dict, names: List[str], ks: List[int], plain: str) -> List[str]:
+    header = ["k"]
+    for name in names:
+        header += [f"{name} ms", "speedup"] + (["eff"] if name != plain else [])
+    rows = [header]
+    for k in ks:
+        row = [str(k)]
+        for name in names:
+            entry = paths[name]["per_k"][str(k)]
+            row += [f"{entry['median_ms']:.1f}", f"{entry['speedup']:.2f}x"]
+            if name != plain:
+                row.append(f"{entry['efficiency']:.3f}")
+        rows.append(row)
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    return [" | ".join(cell.rjust(w) for cell, w in zip(r, widths)) for r in rows]
+
+
 def report(result: dict) -> str:
-    """The text printed at the end: device, versions, config, fits, and the table last.
+    """The text printed at the end: device, versions, config, fits, and the tables last (one
+    per kernels mode, the last mode's last).
 
     Args:
         result: what :func:`run` returned.
@@ -169,46 +198,54 @@ def report(result: dict) -> str:
              f"{result['versions']['torch']}, deepspeed {result['versions']['deepspeed']}",
              f"config: {c['model']}-{c['size']} (L={result['num_layers']}), {c['precision']}, "
              f"micro batch {c['micro_batch']} x seq {c['seq_len']} per rank, skipped layers "
-             f"{c['skipped_layers']}, {c['steps']} timed + {c['warmup']} warmup steps per k"
-             f"{', compiled blocks' if c['compile_blocks'] else ''}"]
+             f"{c['skipped_layers']}, {c['steps']} timed + {c['warmup']} warmup steps per k, "
+             f"kernels {', '.join(c['kernels_modes'])}"]
     ok = [n for n in paths if "error" not in paths[n]]
     for name in ok:
-        fit = paths[name]["fit"]
+        fit, kernels = paths[name]["fit"], paths[name].get("kernels") or {}
+        mode = f" [{kernels['mode']}, {kernels.get('optimizer')}, " \
+            f"{paths[name].get('compiled_graphs', 0)} graphs compiled, " \
+            f"{paths[name].get('compiled_graphs_while_timed', 0)} while timed]" \
+            if kernels.get("mode", "eager") != "eager" else ""
         lines.append(f"{name}: fixed {fit['fixed_ms']:.2f} ms + {fit['per_layer_ms']:.2f} ms "
-                     "per layer")
+                     f"per layer{mode}")
         for k in ks:
             phases = paths[name]["per_k"][str(k)].get("phases_median_ms")
             if phases:
                 lines.append(f"  k={k} phases (ms): " + ", ".join(
                     f"{n} {v:.1f}" for n, v in phases.items()))
     lines += [f"{n}: not measured: {paths[n]['error']}" for n in paths if n not in ok]
-    header = ["k"]
-    for name in ok:
-        header += [f"{name} ms", "speedup"] + (["eff"] if name != "plain" else [])
-    rows = [header]
-    for k in ks:
-        row = [str(k)]
-        for name in ok:
-            entry = paths[name]["per_k"][str(k)]
-            row += [f"{entry['median_ms']:.1f}", f"{entry['speedup']:.2f}x"]
-            if name != "plain":
-                row.append(f"{entry['efficiency']:.3f}")
-        rows.append(row)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    lines += [" | ".join(cell.rjust(w) for cell, w in zip(r, widths)) for r in rows]
+    modes = c["kernels_modes"]
+    for mode in modes:
+        plain = path_name("plain", mode)
+        names = [n for n in ok if paths[n]["kernels_mode"] == mode]
+        if plain not in names:
+            continue
+        if len(modes) > 1:
+            lines.append(f"kernels {mode}:")
+        lines += _table(paths, names, ks, plain)
     return "\n".join(lines)
 
 
-def run(args, plan) -> dict:
-    """Measure the plain path once, then each ZeRO stage in turn.
+def run(args, plan, on_path: Optional[Callable[[dict], None]] = None,
+        keep_going: Optional[Callable[[str], bool]] = None) -> dict:
+    """Measure the plain path under each kernels mode, then each ZeRO stage (in the order of
+    ``args.zero``) under each mode.
 
     Args:
-        args: the parsed arguments (``parse``); ``args.zero`` lists the stages.
-        plan: the :class:`~megaraptr.bench.timing.Plan` every path follows.
+        args: the parsed arguments (``parse``); ``args.zero`` lists the stages,
+            ``args.kernels`` the kernels modes.
+        plan: the :class:`~megaraptr.bench.timing.Plan` every path follows (its ``kernels``
+            is replaced by each mode in turn).
+        on_path: called with the result so far after each path (e.g. to save partial results).
+        keep_going: asked before each path (with its name); False records the path as
+            skipped (e.g. a time budget is spent).
 
     Returns:
         The result (what ``--out`` holds), on every rank; rank 0's timings.
     """
+    from dataclasses import replace
+
     from megaraptr.bench import timing
     from megaraptr.data import make_batches, resolve_data
     from megaraptr.models import DATA_KIND
@@ -232,30 +269,47 @@ def run(args, plan) -> dict:
     batches = make_batches(data, seq_len=plan.seq_len, micro_batch_size=plan.micro_batch,
                            dp_rank=rank, dp_size=world, seed=plan.seed)
     config = dict(vars(plan), vocab_size=data.vocab_size, data=str(data.path),
-                  zero=args.zero, tokens_per_step_per_rank=plan.micro_batch * plan.seq_len)
-    paths: Dict[str, dict] = {}
-    dist.barrier()
-    paths["plain"] = dict(timing.summarize(timing.run_plain(plan, batches, data.vocab_size, device),
-                                    plan.num_layers), kind="plain")
-    for stage in args.zero:
-        name = f"zero{stage}"
-        dist.barrier()
-        try:
-            raw = timing.run_deepspeed(plan, stage, batches, data.vocab_size, device)
-        except ConfigError as err:  # e.g. a stage megaraptr does not support yet
-            timing.release(device)
-            paths[name] = {"kind": "deepspeed", "zero_stage": stage, "error": str(err)}
-            continue
-        entry = dict(timing.summarize(raw, plan.num_layers), kind="deepspeed", zero_stage=stage,
-                     ds_config=timing.ds_config(plan, stage))
-        for k, row in entry["per_k"].items():
-            row["efficiency"] = row["speedup"] / paths["plain"]["per_k"][k]["speedup"]
-        paths[name] = entry
+                  zero=args.zero, tokens_per_step_per_rank=plan.micro_batch * plan.seq_len,
+                  kernels_modes=args.kernels)
     versions = {"torch": torch.__version__, "deepspeed": deepspeed.__version__,
                 "python": platform.python_version()}
-    return {"config": config, "device": device_name(args.device), "versions": versions,
-            "world_size": world, "rank": rank, "num_layers": plan.num_layers, "ks": plan.ks,
-            "paths": paths}
+    paths: Dict[str, dict] = {}
+    result = {"config": config, "device": device_name(args.device), "versions": versions,
+              "world_size": world, "rank": rank, "num_layers": plan.num_layers, "ks": plan.ks,
+              "paths": paths}
+    order = [(None, m) for m in args.kernels] + [(z, m) for z in args.zero for m in args.kernels]
+    for stage, mode in order:
+        name = path_name("plain" if stage is None else f"zero{stage}", mode)
+        head = {"kind": "plain" if stage is None else "deepspeed", "kernels_mode": mode}
+        if stage is not None:
+            head["zero_stage"] = stage
+        plain = paths.get(path_name("plain", mode), {})
+        if keep_going is not None and not keep_going(name):
+            paths[name] = dict(head, error="skipped: time budget spent")
+            continue
+        if stage is not None and "error" in plain:
+            paths[name] = dict(head, error="skipped: its plain path was not measured")
+            continue
+        mode_plan = replace(plan, kernels=mode)
+        dist.barrier()
+        try:
+            if stage is None:
+                raw = timing.run_plain(mode_plan, batches, data.vocab_size, device)
+            else:
+                raw = timing.run_deepspeed(mode_plan, stage, batches, data.vocab_size, device)
+        except ConfigError as err:  # e.g. a stage or kernels megaraptr refuses there
+            timing.release(device)
+            paths[name] = dict(head, error=str(err))
+            continue
+        entry = dict(timing.summarize(raw, plan.num_layers), **head)
+        if stage is not None:
+            entry["ds_config"] = timing.ds_config(mode_plan, stage)
+            for k, row in entry["per_k"].items():
+                row["efficiency"] = row["speedup"] / plain["per_k"][k]["speedup"]
+        paths[name] = entry
+        if on_path:
+            on_path(result)
+    return result
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -44,7 +44,8 @@ class Plan:
     device: str
     skipped_layers: str = "freeze"
     seed: int = 1234
-    compile_blocks: bool = False
+    kernels: str = "eager"
+    """The "kernels" mode both paths run (megaraptr.kernels)."""
     breakdown: bool = False
     extra_ds_config: dict = field(default_factory=dict)
 
@@ -79,14 +80,14 @@ def raptr_block(plan: Plan) -> dict:
         stages.append({"layers": plan.num_layers})
     return {"enabled": True, "sampling": "exact", "fixed_layers": [], "schedule": stages,
             "full_model_warmup_steps": 1, "skipped_layers": plan.skipped_layers,
-            "seed": plan.seed, "consistency_check_interval": 0}
+            "seed": plan.seed, "consistency_check_interval": 0, "kernels": plan.kernels}
 
 
 def ds_config(plan: Plan, zero_stage: int) -> dict:
     """The DeepSpeed config of one ZeRO stage, with ``plan.extra_ds_config`` merged in."""
     params = {"lr": LR, "betas": list(BETAS), "eps": EPS, "weight_decay": WEIGHT_DECAY,
               "torch_adam": True}
-    if plan.device == "cuda":
+    if plan.device == "cuda" and plan.kernels == "eager":
         params["fused"] = True  # passed through to torch.optim.AdamW with torch_adam
     config = {"train_micro_batch_size_per_gpu": plan.micro_batch,
               "gradient_accumulation_steps": 1, "steps_per_print": 10 ** 9,
@@ -112,11 +113,7 @@ def _build_model(plan: Plan, vocab_size: int):
     from megaraptr.models import build_model
 
     torch.manual_seed(plan.seed)
-    model = build_model(plan.model, plan.size, vocab_size=vocab_size, seq_len=plan.seq_len)
-    if plan.compile_blocks:
-        for block in model.blocks:
-            block.compile()
-    return model
+    return build_model(plan.model, plan.size, vocab_size=vocab_size, seq_len=plan.seq_len)
 
 
 def _sync(device: torch.device) -> None:
@@ -151,11 +148,16 @@ class Phases:
 
 
 def _loop(plan: Plan, batches, device: torch.device, step_fn: Callable, phases: Phases) -> dict:
-    """Run the plan; per k: timed step samples (ms) and, with breakdown, phase samples."""
+    """Run the plan; per k: timed step samples (ms) and, with breakdown, phase samples; the
+    torch.compile graphs made during the run and during its timed steps."""
+    from megaraptr.kernels import dynamo_counts
+
     samples = {k: [] for k in plan.ks}
     phase_samples: Dict[int, List[dict]] = {k: [] for k in plan.ks}
+    graphs = {"start": dynamo_counts()["unique_graphs"], "timed": 0}
     for step in range(1, plan.run_steps + 1):
         k, timed = plan.phase(step)
+        before = dynamo_counts()["unique_graphs"]
         batch = {name: t.to(device) for name, t in batches.step_batches(step)[0].items()}
         _sync(device)
         start = time.perf_counter()
@@ -169,7 +171,10 @@ def _loop(plan: Plan, batches, device: torch.device, step_fn: Callable, phases: 
         if timed:
             samples[k].append(elapsed * 1e3)
             phase_samples[k].append(split)
-    return {"samples_ms": samples, "phases_ms": phase_samples if plan.breakdown else None}
+            graphs["timed"] += dynamo_counts()["unique_graphs"] - before
+    return {"samples_ms": samples, "phases_ms": phase_samples if plan.breakdown else None,
+            "compiled_graphs": dynamo_counts()["unique_graphs"] - graphs["start"],
+            "compiled_graphs_while_timed": graphs["timed"]}
 
 
 def run_plain(plan: Plan, batches, vocab_size: int, device: torch.device) -> dict:
@@ -183,7 +188,8 @@ def run_plain(plan: Plan, batches, vocab_size: int, device: torch.device) -> dic
         device: where to train.
 
     Returns:
-        ``{"samples_ms": {k: [ms, ...]}, "phases_ms": {k: [{phase: ms}]} or None}``.
+        ``{"samples_ms": {k: [ms, ...]}, "phases_ms": {k: [{phase: ms}]} or None,
+        "compiled_graphs": n, "compiled_graphs_while_timed": n, "kernels": {...}}``.
     """
     try:
         return _plain(plan, batches, vocab_size, device)
@@ -193,15 +199,19 @@ def run_plain(plan: Plan, batches, vocab_size: int, device: torch.device) -> dic
 
 def _plain(plan: Plan, batches, vocab_size: int, device: torch.device) -> dict:
     from megaraptr.config import parse_raptr_block
+    from megaraptr.kernels import apply_kernels, resolve_kernels
     from megaraptr.layers import find_blocks, set_layer_mask
     from megaraptr.models import optimizer_groups
     from megaraptr.sampler import SubnetworkSampler
     from megaraptr.schedule import build_schedule
 
     model = _build_model(plan, vocab_size).to(device).train()
-    optimizer = torch.optim.AdamW(optimizer_groups(model), lr=LR, betas=BETAS, eps=EPS,
-                                  weight_decay=WEIGHT_DECAY, fused=device.type == "cuda")
     blocks = find_blocks(model)
+    kernels = resolve_kernels(plan.kernels, device=device.type)
+    installed = apply_kernels(model, blocks, kernels)
+    fused = device.type == "cuda" or kernels.mode != "eager"
+    optimizer = torch.optim.AdamW(optimizer_groups(model), lr=LR, betas=BETAS, eps=EPS,
+                                  weight_decay=WEIGHT_DECAY, fused=fused)
     schedule = build_schedule(parse_raptr_block(raptr_block(plan)),
                               num_layers=plan.num_layers, total_steps=plan.total_steps)
     sampler = SubnetworkSampler(schedule, plan.seed)
@@ -221,7 +231,9 @@ def _plain(plan: Plan, batches, vocab_size: int, device: torch.device) -> dict:
         float(loss.detach())  # the loss reaches the host, as in the engine's train_step
         return mask.num_active
 
-    return _loop(plan, batches, device, step_fn, phases)
+    return dict(_loop(plan, batches, device, step_fn, phases), kernels=dict(
+        kernels.to_dict(), optimizer=f"torch AdamW({'fused=True' if fused else 'foreach'})",
+        **installed))
 
 
 def run_deepspeed(plan: Plan, zero_stage: int, batches, vocab_size: int,
@@ -265,7 +277,7 @@ def _deepspeed(plan: Plan, zero_stage: int, batches, vocab_size: int,
         return result.mask.num_active
 
     try:
-        return _loop(plan, batches, device, step_fn, phases)
+        return dict(_loop(plan, batches, device, step_fn, phases), kernels=engine.kernels)
     finally:
         if hasattr(ds, "destroy"):
             ds.destroy()  # DeepSpeed's hooks and buffers, before the next engine is built
@@ -288,7 +300,7 @@ def summarize(raw: dict, L: int) -> dict:
 
     Returns:
         ``{"per_k": {"k": {median_ms, min_ms, samples_ms, speedup[, phases_median_ms]}},
-        "fit": {fixed_ms, per_layer_ms, points}}``.
+        "fit": {fixed_ms, per_layer_ms, points}}`` and the run's ``kernels`` and graph counts.
     """
     per_k = {}
     for k, samples in raw["samples_ms"].items():
@@ -304,7 +316,10 @@ def summarize(raw: dict, L: int) -> dict:
     for row in per_k.values():
         row["speedup"] = full / row["median_ms"]
     ks = sorted(int(k) for k in per_k)
-    return {"per_k": per_k, "fit": fit_line(ks, [per_k[str(k)]["median_ms"] for k in ks])}
+    extra = {k: raw[k] for k in ("kernels", "compiled_graphs", "compiled_graphs_while_timed")
+             if k in raw}
+    return {"per_k": per_k, "fit": fit_line(ks, [per_k[str(k)]["median_ms"] for k in ks]),
+            **extra}
 
 
 def release(device: torch.device) -> None:
