@@ -15,9 +15,12 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-
 from megaraptr.errors import ConfigError, DataError
+
+try:  # reading prepared data needs no tokenizer: a GPU machine may lack the package
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+except ImportError:  # pragma: no cover - depends on the installation
+    Tokenizer = decoders = models = normalizers = pre_tokenizers = trainers = None
 
 KINDS = ("mlm", "causal")
 TOKENIZER_KINDS = {"mlm": "wordpiece", "causal": "bpe"}
@@ -46,8 +49,15 @@ def check_settings(kind: str, vocab_size: int) -> None:
                           f"{MAX_VOCAB_SIZE}, not {vocab_size!r}")
 
 
+def _need_tokenizers() -> None:
+    if Tokenizer is None:
+        raise DataError("data: training or loading a tokenizer needs the tokenizers package "
+                        "(pip install tokenizers); prepared data reads without it")
+
+
 def _bare_wordpiece(vocab: dict[str, int] | None = None) -> Tokenizer:
     """A BERT-style WordPiece tokenizer (untrained when ``vocab`` is None)."""
+    _need_tokenizers()
     model = models.WordPiece(vocab or {}, unk_token="[UNK]", continuing_subword_prefix="##")
     tok = Tokenizer(model)
     tok.normalizer = normalizers.BertNormalizer(lowercase=True)
@@ -99,6 +109,7 @@ def train_tokenizer(texts: Iterable[str], kind: str, vocab_size: int, *,
         The trained tokenizer.
     """
     check_settings(kind, vocab_size)
+    _need_tokenizers()
     if kind == "mlm":
         if iter(texts) is texts:
             texts = list(texts)
@@ -128,6 +139,7 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     p = Path(path).expanduser().absolute()
     if not p.is_file():
         raise DataError(f"data: {p}: no such tokenizer file")
+    _need_tokenizers()
     try:
         return Tokenizer.from_file(str(p))
     except Exception as err:  # tokenizers raises a bare Exception on bad JSON
