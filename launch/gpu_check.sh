@@ -1,43 +1,42 @@
 #!/usr/bin/env bash
-# GPU check on an offline machine (one H100/H200): installs the carried wheels (.whl/, made by
-# ../shared/device/make-wheels.sh plus tokenizers), then in one command
-#   1. the step-time benchmark: BERT-base shape, bf16, ZeRO-1/2/3 against plain PyTorch,
-#      k = 0, 3, 6, 9, 12 active layers (a fresh random subset each step);
-#   2. a short megaraptr.train run (BERT-base, bf16, ZeRO-2, RAPTR 6-8-10-12) on the sample.
-# Writes JSON and logs under $OUT and prints the tables last.
-# CPU dry run (an environment with megaraptr installed, wheels not used):
-#   PYTHON=.venv/bin/python WHEELS=0 DEVICE=cpu SIZE=tiny KS=0,2,4 OUT=/tmp/gc bash launch/gpu_check.sh
+# The whole method on one GPU in ONE command (offline H100/H200, about 4-5 minutes in all):
+#   bash launch/gpu_check.sh                      # from the repo root; results under $OUT (out/)
+# It installs the carried wheels (.whl/), then runs python -m megaraptr.bench.gpu: the Triton
+# residual-add check, the step-time benchmark of BERT-base and GPT-medium (k = 0, L/2, L; plain
+# PyTorch and ZeRO-2/1/3; eager vs auto kernels; bf16) and RAPTR 6-8-10-12 against full training
+# end to end (BERT-base, ZeRO-2, ~300 steps each, real tokens). Each part has its own deadline
+# inside BUDGET seconds (default 290, counted from this script's start); the table comes last,
+# JSON and logs are under $OUT.
+# Carry two git-ignored folders, made on a machine with the registry and the shared corpus:
+#   bash ../shared/device/make-wheels.sh          # .whl/: deepspeed, pydantic, hjson (5 MB)
+#   python -m megaraptr.bench.gpu_data            # .gpudata/: pre-tokenized corpus slice (29 MB)
+# CPU dry run (tiny sizes, no wheels; an environment with megaraptr's requirements):
+#   PYTHON=/work/venv/bin/python WHEELS=0 DEVICE=cpu OUT=/tmp/gc bash launch/gpu_check.sh
 set -uo pipefail
-OUT=${OUT:-out}; SIZE=${SIZE:-base}; DEVICE=${DEVICE:-cuda}; KS=${KS:-0,3,6,9,12}
-STEPS=${STEPS:-10}; WARMUP=${WARMUP:-3}; ZERO=${ZERO:-1,2,3}; PYTHON=${PYTHON:-python3}
+START=$(date +%s)
+OUT=${OUT:-out}; DEVICE=${DEVICE:-cuda}; BUDGET=${BUDGET:-290}; PYTHON=${PYTHON:-python3}
 mkdir -p "$OUT"
 if [ "${WHEELS:-1}" = 1 ] && ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
     .whl/*.whl 2>&1 | tail -2
   export PYTHONPATH=/tmp/site:$PWD
+else
+  [ "${WHEELS:-1}" = 1 ] && echo "gpu_check: no .whl/ here (bash ../shared/device/make-wheels.sh)"
+  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 fi
+[ -f .gpudata/bert-mlm/index.json ] || \
+  echo "gpu_check: no .gpudata/ (python -m megaraptr.bench.gpu_data); using the built-in sample"
 export TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 MEGARAPTR_CACHE=${MEGARAPTR_CACHE:-/tmp/mrcache}
-[ "$DEVICE" = cpu ] && export DS_ACCELERATOR=cpu OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null
-SECONDS=0
-timeout ${BENCH_TIMEOUT:-240} "$PYTHON" -m megaraptr.bench.step_time --model bert --size "$SIZE" \
-  --zero "$ZERO" --precision bf16 --device "$DEVICE" --ks "$KS" --steps "$STEPS" \
-  --warmup "$WARMUP" --out "$OUT/step_time.json" > "$OUT/step_time.log" 2>&1
-echo "step_time rc=$? ${SECONDS}s"
-SECONDS=0
-"$PYTHON" - "$OUT/train_config.json" "$SIZE" <<'PY'
-import json, sys
-name = "bert_base_raptr_zero2" if sys.argv[2] == "base" else "tiny_raptr_cpu"
-c = json.load(open(f"ds_configs/{name}.json"))
-c["tensorboard"]["enabled"] = False
-c["zero_optimization"] = {"stage": 2}
-c["bf16"] = {"enabled": True}
-json.dump(c, open(sys.argv[1], "w"))
-PY
-timeout ${TRAIN_TIMEOUT:-90} "$PYTHON" -m megaraptr.train --deepspeed_config "$OUT/train_config.json" \
-  --model bert --size "$SIZE" --seq-len 128 --train-steps 40 --eval-interval 20 \
-  --summary "$OUT/train_summary.json" > "$OUT/train.log" 2>&1
-echo "train rc=$? ${SECONDS}s"
-grep -E "^megaraptr" "$OUT/train.log" | tail -3
-grep -E "^Traceback|Error" "$OUT/step_time.log" "$OUT/train.log" | grep -v -i warn | tail -5
-sed -n '/^device:/,$p' "$OUT/step_time.log" | grep -v "^\[" | grep -v "return func\|Warning"
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}  # should DeepSpeed JIT-build an op
+ARGS=(--out "$OUT" --deadline $((START + BUDGET)))
+if [ "$DEVICE" = cpu ]; then
+  export DS_ACCELERATOR=cpu OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
+  ARGS+=(--dry-run)
+else
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | \
+    tee "$OUT/nvidia-smi.txt"
+fi
+"$PYTHON" -m megaraptr.bench.gpu "${ARGS[@]}" "$@"
+rc=$?
+echo "gpu_check: rc=$rc, $(( $(date +%s) - START )) s; JSON: $OUT/gpu_bench.json"
+exit $rc

@@ -1,0 +1,80 @@
+"""The fused residual add checked and timed on a GPU (part of ``megaraptr.bench.gpu``).
+
+On CUDA with Triton: :func:`megaraptr.kernels.residual.triton_scaled_add` against the float64
+reference (forward and both gradients, float32 and bfloat16, an activation the size of one
+BERT-base micro-batch), that :func:`~megaraptr.kernels.residual.residual_add` dispatches to it,
+and its time against eager PyTorch's two kernels (``x + s * b``). Elsewhere it reports why it
+did not run.
+"""
+from __future__ import annotations
+
+import statistics
+from typing import Callable
+
+import torch
+
+
+def _median_ms(fn: Callable, repeats: int = 20) -> float:
+    times = []
+    for _ in range(repeats + 3):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times[3:])
+
+
+def _max_error(out: torch.Tensor, ref: torch.Tensor, bound: torch.Tensor) -> dict:
+    """Largest error, and whether every element is within ``bound`` of the reference."""
+    err = (out.double() - ref.double()).abs()
+    return {"max_abs_error": float(err.max()), "within_bound": bool((err <= bound).all())}
+
+
+def check(device: str, shape=(64 * 512, 768), scale: float = 4 / 3) -> dict:
+    """Check and time the Triton kernel on CUDA; returns a JSON-able dict with ``ok`` (None
+    where it could not run)."""
+    from megaraptr.kernels.residual import triton_available
+
+    if device != "cuda" or not torch.cuda.is_available():
+        return {"ok": None, "skipped": "no CUDA device (the Triton kernel runs on CUDA)"}
+    if not triton_available():
+        return {"ok": None, "skipped": "Triton is not importable"}
+    return compare(torch.device("cuda"), shape, scale, timed=True)
+
+
+def compare(device: torch.device, shape, scale: float, *, timed: bool) -> dict:
+    """The checks of :func:`check` on ``device`` (CPU works under ``TRITON_INTERPRET=1``;
+    the dispatch check and the timings need CUDA)."""
+    from megaraptr.kernels.residual import reference_scaled_add, residual_add, triton_scaled_add
+
+    result, ok = {"shape": list(shape), "scale": scale}, True
+    s = torch.tensor(scale, device=device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    for dtype in (torch.float32, torch.bfloat16):
+        x, b, g = (torch.randn(shape, device=device, generator=gen).to(dtype) for _ in range(3))
+        xr, br = x.clone().requires_grad_(), b.clone().requires_grad_()
+        out = triton_scaled_add(xr, br, s)
+        out.backward(g)
+        out = out.detach()
+        eps = torch.finfo(dtype).eps
+        ref = reference_scaled_add(x, b, scale).double()
+        gref = reference_scaled_add(torch.zeros_like(g), g, scale).double()
+        # computed in float32 and rounded once: within half an ulp of the result (plus the
+        # float32 rounding of the scale and the product, for float32)
+        bound = eps * (ref.abs() + scale * b.double().abs())
+        entry = {"dtype": str(dtype), "forward": _max_error(out, ref, bound),
+                 "grad_branch": _max_error(br.grad, gref, eps * gref.abs() * 2),
+                 "grad_x_exact": bool(torch.equal(xr.grad, g))}
+        ok &= entry["forward"]["within_bound"] and entry["grad_branch"]["within_bound"] and \
+            entry["grad_x_exact"]
+        if device.type == "cuda":  # residual_add takes the Triton path for CUDA tensors
+            entry["dispatch"] = bool(torch.equal(residual_add(x, b, s), out))
+            ok &= entry["dispatch"]
+        if timed:
+            entry["triton_ms"] = _median_ms(lambda: triton_scaled_add(x, b, s))
+            entry["eager_ms"] = _median_ms(lambda: x + scale * b)
+        result[str(dtype).replace("torch.", "")] = entry
+    result["ok"] = bool(ok)
+    return result
