@@ -3,10 +3,10 @@
 #   bash launch/gpu_check.sh                      # from the repo root; results under $OUT (out/)
 # It installs the carried wheels (.whl/), then runs python -m megaraptr.bench.gpu: the Triton
 # residual-add check, the step-time benchmark of BERT-base and GPT-medium (k = 0, L/2, L; plain
-# PyTorch and ZeRO-2/1/3; eager vs auto kernels; bf16) and RAPTR 6-8-10-12 against full training
-# end to end (BERT-base, ZeRO-2, ~300 steps each, real tokens). Each part has its own deadline
-# inside BUDGET seconds (default 290, counted from this script's start); the table comes last,
-# JSON and logs are under $OUT.
+# PyTorch and ZeRO-2/1/3; eager vs auto kernels; bf16) and RAPTR 6-8-10-12 against full
+# training end to end (BERT-base, ZeRO-2 or ZeRO-1 as measured faster, ~300 steps each, real
+# tokens). Each part has its own deadline inside BUDGET seconds (default 290, counted from this
+# script's start); the table comes last, JSON and logs are under $OUT.
 # Carry two git-ignored folders, made on a machine with the registry and the shared corpus:
 #   bash ../shared/device/make-wheels.sh          # .whl/: deepspeed, pydantic, hjson (5 MB)
 #   python -m megaraptr.bench.gpu_data            # .gpudata/: pre-tokenized corpus slice (29 MB)

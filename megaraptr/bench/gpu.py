@@ -6,8 +6,9 @@ Parts, each a subprocess with its own deadline (so a hang cannot eat the budget)
    then the step-time benchmark of BERT-base (12 x 768, masked MLM head, seq 512, batch 64) at
    k = 0, 6, 12 for plain PyTorch and ZeRO-2, ZeRO-1, ZeRO-3, each with ``eager`` and
    ``auto`` kernels (compiled blocks, or fused ones under ZeRO-3), bf16;
-2. ``e2e``: ~300 steps of RAPTR 6-8-10-12 against the full model, BERT-base, ZeRO-2, auto
-   kernels, real tokens (:mod:`megaraptr.bench.e2e`);
+2. ``e2e``: ~300 steps of RAPTR 6-8-10-12 against the full model, BERT-base, auto kernels,
+   real tokens (:mod:`megaraptr.bench.e2e`), under ZeRO-2 or ZeRO-1, whichever part 1 found
+   faster at the schedule's mean depth (3/4 of the layers);
 3. ``gpt``: the step-time benchmark of GPT-medium (24 x 1024, seq 1024, batch 16) at k = 0,
    12, 24, as in part 1.
 
@@ -96,12 +97,30 @@ def run_step_time_part(args, part: str, deadline: float) -> None:
     save(result)
 
 
+def best_zero_stage(out: Path) -> int:
+    """ZeRO-1 or ZeRO-2, whichever part 1's auto-kernel fit makes faster at 3/4 of the
+    layers (the mean depth of 6-8-10-12); 2 without a measurement."""
+    try:
+        result = json.loads((out / "bert.json").read_text())
+    except (OSError, ValueError):
+        return 2
+    times = []
+    for stage in (2, 1):
+        entry = result["paths"].get(f"zero{stage}+auto", {})
+        if "fit" in entry:
+            fit = entry["fit"]
+            times.append((fit["fixed_ms"] + fit["per_layer_ms"] * 0.75 * result["num_layers"],
+                          stage))
+    return min(times)[1] if times else 2
+
+
 def run_e2e_part(args, deadline: float) -> None:
     from megaraptr.bench import e2e
 
     preset = DRY if args.dry_run else GPU
     argv = ["--model", "bert", "--size", preset["bert"]["size"], "--steps",
-            str(preset["e2e_steps"]), "--schedule", preset["schedule"], "--zero", "2",
+            str(preset["e2e_steps"]), "--schedule", preset["schedule"],
+            "--zero", str(best_zero_stage(Path(args.out))),
             "--kernels", "auto", "--out", str(Path(args.out) / "e2e.json"),
             "--deadline", f"{deadline:.0f}",
             *preset.get("e2e_extra", []), *_data(args, "bert-mlm")]
