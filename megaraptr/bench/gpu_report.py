@@ -150,6 +150,9 @@ def table(summary: dict) -> str:
         if st.get("rc") != 0:
             cut = " (timed out: partial results)" if st.get("timed_out") else ""
             lines.append(f"part {part}: {st.get('skipped') or 'rc %s' % st.get('rc')}{cut}")
+        if st.get("first_try"):
+            lines.append(f"part {part}: rc {st['first_try']['rc']} with auto kernels (see "
+                         f"{part}.log), run again with fused kernels ({part}-fused.log)")
     if summary.get("kernel_check"):
         lines.append(_check_line(summary["kernel_check"]))
     rows = [["shape", "path [auto is]", "ms/layer eager", "auto", "ratio", "fixed ms eager",

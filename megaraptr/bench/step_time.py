@@ -228,7 +228,7 @@ def report(result: dict) -> str:
 
 
 def run(args, plan, on_path: Optional[Callable[[dict], None]] = None,
-        keep_going: Optional[Callable[[str], bool]] = None) -> dict:
+        keep_going: Optional[Callable[[str], bool]] = None, record_errors: bool = False) -> dict:
     """Measure the plain path under each kernels mode, then each ZeRO stage (in the order of
     ``args.zero``) under each mode.
 
@@ -240,6 +240,8 @@ def run(args, plan, on_path: Optional[Callable[[dict], None]] = None,
         on_path: called with the result so far after each path (e.g. to save partial results).
         keep_going: asked before each path (with its name); False records the path as
             skipped (e.g. a time budget is spent).
+        record_errors: a path that raises is recorded with its error and the next one runs
+            (a ConfigError, megaraptr refusing a configuration, always is).
 
     Returns:
         The result (what ``--out`` holds), on every rank; rank 0's timings.
@@ -297,9 +299,13 @@ def run(args, plan, on_path: Optional[Callable[[dict], None]] = None,
                 raw = timing.run_plain(mode_plan, batches, data.vocab_size, device)
             else:
                 raw = timing.run_deepspeed(mode_plan, stage, batches, data.vocab_size, device)
-        except ConfigError as err:  # e.g. a stage or kernels megaraptr refuses there
+        except Exception as err:  # ConfigError: e.g. a stage or kernels refused there
+            if not (isinstance(err, ConfigError) or record_errors):
+                raise
             timing.release(device)
-            paths[name] = dict(head, error=str(err))
+            message = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            paths[name] = dict(head, error=message if isinstance(err, ConfigError) else
+                               f"failed: {type(err).__name__}: {message}"[:300])
             continue
         entry = dict(timing.summarize(raw, plan.num_layers), **head)
         if stage is not None:
