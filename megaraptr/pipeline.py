@@ -53,8 +53,15 @@ def _pipeline_module_class():
     return RaptrPipelineModule
 
 
-def check_pipeline(num_stages: int, num_layers: int, ds_config: dict) -> None:
+def check_pipeline(num_stages: int, num_layers: int, ds_config: dict,
+                   raptr_config=None) -> None:
     """One-line errors for what a pipeline run cannot do, before anything is built."""
+    if raptr_config is not None and raptr_config.enabled and raptr_config.method == "stacking":
+        raise ConfigError("raptr.method", '"stacking" is not supported with --pipeline-stages; '
+                          "allowed: raptr, full, pld, layerdrop")
+    if ds_config.get("fp16", {}).get("enabled"):
+        raise ConfigError("fp16.enabled", "fp16 with --pipeline-stages is not supported; "
+                          "allowed: bf16 or fp32")
     if num_stages < 1:
         raise ConfigError("--pipeline-stages", f"{num_stages}; allowed: 1 or more")
     if num_stages > num_layers:
@@ -210,10 +217,7 @@ def initialize(name: str, cfg, *, config, num_stages: int, total_steps: int, see
     from megaraptr.zero import layer_param_groups
 
     raptr_config, ds_config = split_ds_config(config)
-    check_pipeline(num_stages, cfg.num_layers, ds_config)
-    if raptr_config.enabled and raptr_config.method == "stacking":
-        raise ConfigError("raptr.method", '"stacking" is not supported with --pipeline-stages; '
-                          "allowed: raptr, full, pld, layerdrop")
+    check_pipeline(num_stages, cfg.num_layers, ds_config, raptr_config)
     schedule = build_schedule(raptr_config, num_layers=cfg.num_layers, total_steps=total_steps)
     partitions = partitions or plan(raptr_config, schedule, costs, num_stages)
     parts = tuple(layer_parts or partitions[schedule.stage_at(1).index])

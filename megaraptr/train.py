@@ -65,7 +65,7 @@ def validate(args):
     if args.pipeline_stages:
         from megaraptr.pipeline import check_pipeline
 
-        check_pipeline(args.pipeline_stages, num_layers(args.size), ds_config)
+        check_pipeline(args.pipeline_stages, num_layers(args.size), ds_config, raptr_config)
         if args.activation_checkpointing != "none":
             raise ConfigError("--activation-checkpointing", "not supported with "
                               "--pipeline-stages; allowed: none")

@@ -85,6 +85,13 @@ def test_pipeline_errors_are_one_line():
         check_pipeline(2, 4, {"zero_optimization": {"stage": 2}})
     with pytest.raises(ConfigError, match="at most one stage per layer"):
         check_pipeline(5, 4, {})
+    with pytest.raises(ConfigError, match="^fp16.enabled: fp16 with --pipeline-stages"):
+        check_pipeline(2, 4, {"fp16": {"enabled": True}})
+    from megaraptr.config import parse_raptr_block
+
+    stacking = parse_raptr_block({"enabled": True, "method": "stacking", "schedule": "2-4"})
+    with pytest.raises(ConfigError, match='^raptr.method: "stacking" is not supported'):
+        check_pipeline(2, 4, {}, stacking)
     assert spec_bounds((0, 1, 4), 4) == [0, 3, 8]
     with pytest.raises(ValueError, match="must rise strictly"):
         spec_bounds((0, 3, 3, 4), 4)
