@@ -11,6 +11,7 @@ restores ``global_steps``). What the step cannot give is the run's history and i
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 from typing import Optional
@@ -37,6 +38,9 @@ def raptr_state(engine) -> dict:
         "digest": engine.digest.hexdigest,
         "active_layer_steps": engine.active_layer_steps,
         "config": engine.config.model_dump(),
+        "pipeline": None if not getattr(engine, "is_pipeline", False) else {
+            "costs": dataclasses.asdict(engine.costs), "layer_parts": list(engine.layer_parts),
+            "num_stages": engine.num_stages},
     }
 
 
@@ -65,7 +69,8 @@ def read_raptr_state(checkpoint_path: str) -> Optional[dict]:
     """megaraptr's state from a checkpoint folder, read lazily (mmap) before any engine exists."""
     import torch
 
-    files = sorted(glob.glob(os.path.join(checkpoint_path, "*model_states.pt")))
+    files = sorted(glob.glob(os.path.join(checkpoint_path, "mp_rank_*model_states.pt"))) or \
+        sorted(glob.glob(os.path.join(checkpoint_path, "*model_states.pt")))  # not layer_XX-
     if not files:
         raise CheckpointError(f"{checkpoint_path}: no DeepSpeed model states file in it")
     try:

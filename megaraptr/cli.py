@@ -69,6 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kernels", choices=["eager", "fused", "compiled", "auto"], default=None,
                    help="kernels of the blocks and the optimizer; overrides the raptr block's "
                         "\"kernels\" (default: the config's, else eager)")
+    p.add_argument("--pipeline-stages", type=_non_negative, default=0, metavar="N",
+                   help="train as a DeepSpeed pipeline of N stages (ZeRO 0/1; 0: no pipeline)")
     p.add_argument("--summary", metavar="FILE", default=None, help="JSON written at the end")
     p.add_argument("--local_rank", "--local-rank", type=int,
                    default=int(os.environ.get("LOCAL_RANK", 0)), help=argparse.SUPPRESS)

@@ -66,12 +66,13 @@ class RaptrEngine:
     DeepSpeed engine's, reachable as ``engine.ds`` too.
     """
 
-    def __init__(self, ds_engine, *, config: RaptrConfig, schedule: Schedule, seed: int):
+    def __init__(self, ds_engine, *, config: RaptrConfig, schedule: Schedule, seed: int,
+                 partitions=None):
         self.ds = ds_engine
         self.config = config
         self.schedule = schedule
-        self.sampler = SubnetworkSampler(schedule, seed)
-        self.blocks = find_blocks(ds_engine.module)
+        self.sampler = SubnetworkSampler(schedule, seed, partitions)
+        self.blocks = find_blocks(ds_engine.module, partial=self.is_pipeline)
         self.zero_stage = ds_engine.zero_optimization_stage()
         self.trace = SubnetworkTrace(ds_engine, self.blocks) if self.zero_stage == 3 else None
         self.digest = MaskDigest()
@@ -86,6 +87,7 @@ class RaptrEngine:
         self.fast_norm = self.fast_step = False
         if has_layer_groups(ds_engine.basic_optimizer):
             self.freezer = FrozenLayers(ds_engine.basic_optimizer, ds_engine.optimizer)
+        if self.freezer is not None and not self.is_pipeline:  # pipelines: DeepSpeed's own
             self.fast_norm = install_layer_norm(ds_engine.optimizer, lambda: self.freezer.frozen)
             if self.freeze_skipped:
                 self.fast_step = install_frozen_step(ds_engine.optimizer,
@@ -93,6 +95,15 @@ class RaptrEngine:
 
     def __getattr__(self, name):
         return getattr(self.__dict__["ds"], name)
+
+    kernels: dict = {"mode": "eager", "requested": "eager", "optimizer": "as configured",
+                     "reason": "not installed (pipelines run eager kernels)"}
+    """What megaraptr.kernels installed (set by :func:`initialize`)."""
+
+    is_pipeline = False
+    """True in :class:`megaraptr.pipeline.RaptrPipelineEngine` (the blocks of one stage)."""
+    check_group = property(lambda self: self.ds.data_parallel_group)
+    """The ranks that must agree on the subnetwork (pipelines: all of them)."""
 
     @property
     def seed(self) -> int:
@@ -126,7 +137,7 @@ class RaptrEngine:
         steps = self.applied_steps
         if steps == 0:
             return 1.0
-        return self.active_layer_steps / (steps * len(self.blocks))
+        return self.active_layer_steps / (steps * self.schedule.num_layers)
 
     def begin_step(self) -> tuple[int, Stage, LayerMask]:
         """Choose and apply the next step's subnetwork (checking ranks when due)."""
@@ -136,7 +147,7 @@ class RaptrEngine:
         if consistency.due(step, self.config.consistency_check_interval):
             consistency.check_same_subnetwork(
                 seed=self.seed, fingerprint=self.schedule.fingerprint(), step=step, mask=mask,
-                device=self.ds.device, group=self.ds.data_parallel_group)
+                device=self.ds.device, group=self.check_group)
         if self.schedule.method == "stacking" and stage.index > 0 and step == stage.first_step:
             self.grow(self.schedule.stages[stage.index - 1].exact_layers, stage.exact_layers)
         set_layer_mask(self.blocks, mask)
@@ -246,7 +257,7 @@ class RaptrEngine:
 
 def initialize(args=None, model=None, optimizer=None, model_parameters=None,
                training_data=None, lr_scheduler=None, config=None, *, total_steps: int,
-               seed: Optional[int] = None, **ds_kwargs):
+               seed: Optional[int] = None, partitions=None, **ds_kwargs):
     """``deepspeed.initialize`` with RAPTR: returns (engine, optimizer, dataloader, scheduler).
 
     Args:
@@ -256,6 +267,8 @@ def initialize(args=None, model=None, optimizer=None, model_parameters=None,
         seed: sampler seed when the raptr block gives none (default 0).
         optimizer: None (the ds_config "optimizer" block), a callable taking parameter groups,
             or a torch optimizer built from :func:`megaraptr.layer_param_groups`.
+        partitions: "balanced" sampling's layer partition per schedule stage (default: one
+            part; a pipeline run's plan reproduces its subnetworks without a pipeline).
         Other arguments go to ``deepspeed.initialize`` unchanged.
 
     Raises:
@@ -286,7 +299,8 @@ def initialize(args=None, model=None, optimizer=None, model_parameters=None,
         args=args, model=model, optimizer=optimizer, model_parameters=groups,
         training_data=training_data, lr_scheduler=lr_scheduler, config=ds_config, **ds_kwargs)
     sampler_seed = raptr_config.seed if raptr_config.seed is not None else (seed or 0)
-    engine = RaptrEngine(ds_engine, config=raptr_config, schedule=schedule, seed=sampler_seed)
+    engine = RaptrEngine(ds_engine, config=raptr_config, schedule=schedule, seed=sampler_seed,
+                         partitions=partitions)
     engine.kernels = kernels
     return engine, ds_optimizer, dataloader, scheduler
 

@@ -36,10 +36,13 @@ def is_block(module: nn.Module) -> bool:
     return isinstance(getattr(module, "layer_id", None), int) and hasattr(module, "raptr_active")
 
 
-def find_blocks(model: nn.Module) -> List[nn.Module]:
-    """The marked blocks of ``model`` in layer order (ids must be 0..L-1, each once)."""
+def find_blocks(model: nn.Module, *, partial: bool = False) -> List[nn.Module]:
+    """The marked blocks of ``model`` in layer order (ids must be 0..L-1, each once; with
+    ``partial``, the blocks of one pipeline stage: distinct ids, any subset)."""
     blocks = sorted((m for m in model.modules() if is_block(m)), key=lambda m: m.layer_id)
     ids = [b.layer_id for b in blocks]
+    if partial and len(set(ids)) == len(ids) and all(i >= 0 for i in ids):
+        return blocks
     if ids != list(range(len(ids))):
         raise ValueError(f"marked blocks must have layer ids 0..L-1 exactly once, got {ids}")
     return blocks

@@ -9,6 +9,17 @@ machine, Python, NumPy and PyTorch version.
   probability p, independently.
 - ``exact``: fixed layers plus a uniform random subset of the others, of the stage's size
   (the k smallest hash values), so every step costs the same.
+- ``balanced`` (for pipeline parallelism): given a partition of the layers into pipeline stages
+  (:mod:`megaraptr.balance`), pipeline stage s runs c_s layers, floor or ceil of its quota
+  q_s = f_s + p (n_s - f_s): its fixed layers plus the c_s - f_s of its other layers with the
+  smallest hash values. One extra uniform number V per step (its own hash key) rounds every
+  pipeline stage alike, c_s = floor(q_s) + [V < frac(q_s)] = ceil(q_s - V): E[c_s] = q_s, so
+  every non-fixed layer still runs with marginal probability exactly p, and the pipeline
+  stages go up or down together. That keeps the busiest one (the step time) as low as any
+  rounding can (this coupling minimises E[max_s c_s] for the given marginals; systematic
+  rounding, which fixes the total instead, leaves some pipeline stage at the ceiling on almost
+  every step), and two pipeline stages whose quotas differ by at most one never run counts
+  that differ by more than one.
 
 Scaling ``inverse_keep_prob`` multiplies a kept stochastic layer's residual branch by 1/p
 (p: that layer's marginal keep probability); fixed layers and ``none`` keep scale 1.
@@ -20,13 +31,18 @@ the first k layers run, and only they exist (``LayerMask.present``; evaluation r
 from __future__ import annotations
 
 import hashlib
+import math
 import struct
 from dataclasses import dataclass
-from typing import Iterable, Optional, Tuple
+from typing import Iterable, Optional, Sequence, Tuple
 
+from megaraptr.balance import check_partition, quotas
 from megaraptr.schedule import Schedule, Stage
 
 _TWO64 = float(2 ** 64)
+ROUNDING_KEY = 2 ** 64 - 1
+"""The "layer" slot of :func:`uniform` for the per-step rounding number of ``balanced``
+sampling; no layer has this index, so it is independent of every layer's draw."""
 
 
 @dataclass(frozen=True)
@@ -77,12 +93,15 @@ def sample_mask(seed: int, step: int, stage: Stage, *, sampling: str = "bernoull
         seed: the sampler seed (the same on every rank).
         step: applied optimizer step.
         stage: the step's stage, from :meth:`Schedule.stage_at`.
-        sampling: "bernoulli" or "exact".
+        sampling: "bernoulli", "exact", or "balanced" (here with one pipeline stage holding
+            every layer; :func:`sample_balanced` takes a partition).
         scaling: "none" or "inverse_keep_prob".
     """
     num_layers, fixed = stage.num_layers, set(stage.fixed)
     if stage.is_full:
         return LayerMask.full(num_layers)
+    if sampling == "balanced":
+        return sample_balanced(seed, step, stage, (0, num_layers), scaling=scaling)
     if sampling == "bernoulli":
         probs = tuple(1.0 if i in fixed else stage.keep_prob for i in range(num_layers))
         return sample_probs(seed, step, probs, scaling=scaling)
@@ -109,12 +128,65 @@ def sample_probs(seed: int, step: int, probs: Tuple[float, ...], *,
     return LayerMask(active, scale)
 
 
-class SubnetworkSampler:
-    """The schedule and seed of a run: ``mask(step)`` for any applied step."""
+def balanced_counts(seed: int, step: int, stage: Stage, parts: Sequence[int]) -> Tuple[int, ...]:
+    """Active layers of each pipeline stage under ``balanced`` sampling (see the module doc)."""
+    rounding = uniform(seed, step, ROUNDING_KEY)
+    return tuple(int(math.floor(q)) + (rounding < q - math.floor(q)) for q in quotas(stage, parts))
 
-    def __init__(self, schedule: Schedule, seed: int):
+
+def sample_balanced(seed: int, step: int, stage: Stage, parts: Sequence[int], *,
+                    scaling: str = "none") -> LayerMask:
+    """The ``balanced`` subnetwork of applied step ``step`` in ``stage``.
+
+    Args:
+        seed: the sampler seed (the same on every rank).
+        step: applied optimizer step.
+        stage: the step's schedule stage.
+        parts: the pipeline partition (0, b_1, ..., L) in force during ``stage``.
+        scaling: "none" or "inverse_keep_prob" (kept non-fixed layers scaled by 1/p).
+    """
+    num_layers, fixed = stage.num_layers, set(stage.fixed)
+    if stage.is_full:
+        return LayerMask.full(num_layers)
+    counts = balanced_counts(seed, step, stage, parts)
+    kept = set()
+    for lo, hi, count in zip(parts, parts[1:], counts):
+        others = [i for i in range(lo, hi) if i not in fixed]
+        need = count - (hi - lo - len(others))
+        kept.update(sorted(others, key=lambda i: (uniform(seed, step, i), i))[:need])
+    prob = stage.keep_prob
+    branch = 1.0 / prob if scaling == "inverse_keep_prob" and prob > 0 else 1.0
+    active = tuple(i in fixed or i in kept for i in range(num_layers))
+    scale = tuple(0.0 if not on else (1.0 if i in fixed else branch)
+                  for i, on in enumerate(active))
+    return LayerMask(active, scale)
+
+
+class SubnetworkSampler:
+    """The schedule and seed of a run: ``mask(step)`` for any applied step.
+
+    Args:
+        schedule: the run's schedule.
+        seed: the sampler seed.
+        partitions: for ``balanced`` sampling, the pipeline partition of each schedule stage
+            (one per ``schedule.stages``, e.g. from :func:`megaraptr.balance.plan_partitions`);
+            None: one pipeline stage holding every layer. Other samplings ignore it.
+
+    Raises:
+        ValueError: ``partitions`` does not give one partition of the model's layers per
+            schedule stage.
+    """
+
+    def __init__(self, schedule: Schedule, seed: int,
+                 partitions: Optional[Sequence[Sequence[int]]] = None):
         self.schedule = schedule
         self.seed = int(seed)
+        if partitions is None:
+            partitions = [(0, schedule.num_layers)] * len(schedule.stages)
+        if len(partitions) != len(schedule.stages):
+            raise ValueError(f"{len(partitions)} pipeline partitions for "
+                             f"{len(schedule.stages)} schedule stages; expected one per stage")
+        self.partitions = tuple(check_partition(p, schedule.num_layers) for p in partitions)
 
     def mask(self, step: int) -> LayerMask:
         schedule = self.schedule
@@ -125,6 +197,9 @@ class SubnetworkSampler:
         if schedule.method == "pld" and not stage.is_full:
             return sample_probs(self.seed, step, schedule.layer_probs(step),
                                 scaling=schedule.scaling)
+        if schedule.sampling == "balanced":
+            return sample_balanced(self.seed, step, stage, self.partitions[stage.index],
+                                   scaling=schedule.scaling)
         return sample_mask(self.seed, step, stage, sampling=schedule.sampling,
                            scaling=schedule.scaling)
 

@@ -64,7 +64,18 @@ def validate(args):
         raptr_config = raptr_config.model_copy(update={"kernels": args.kernels})
     schedule = build_schedule(raptr_config, num_layers=num_layers(args.size),
                               total_steps=args.train_steps)
-    check_kernels(raptr_config.kernels, ds_config)
+    if args.pipeline_stages:
+        from megaraptr.pipeline import check_pipeline
+
+        check_pipeline(args.pipeline_stages, num_layers(args.size), ds_config, raptr_config)
+        if args.activation_checkpointing != "none":
+            raise ConfigError("--activation-checkpointing", "not supported with "
+                              "--pipeline-stages; allowed: none")
+        if raptr_config.kernels not in ("eager", "auto"):  # auto: eager, the one available
+            raise ConfigError("raptr.kernels", f'"{raptr_config.kernels}" is not supported with '
+                              '--pipeline-stages yet; allowed: "eager" or "auto" (eager there)')
+    else:
+        check_kernels(raptr_config.kernels, ds_config)
     if args.exit_at_step is not None and not args.save:
         raise ConfigError("--exit-at-step", "needs --save DIR to write the checkpoint")
     if args.exit_at_step is not None and not 1 <= args.exit_at_step <= args.train_steps:
@@ -109,19 +120,30 @@ def run(args) -> dict:
 
     init_distributed()
     rank, world = dist.get_rank(), dist.get_world_size()
-    torch.manual_seed(args.seed)
-    model = build_model(args.model, args.size, vocab_size=data.vocab_size, seq_len=args.seq_len,
-                        dropout=args.dropout, checkpoint=args.activation_checkpointing)
-    if args.activation_checkpointing == "deepspeed":
-        import deepspeed
+    pipe = None
+    if args.pipeline_stages:  # DeepSpeed PipelineModule + train_batch (megaraptr.pipeline_run)
+        from megaraptr.pipeline_run import PipelineRun
 
-        deepspeed.checkpointing.configure(None, deepspeed_config=ds_config)
-    engine, _, _, lr_scheduler = megaraptr.initialize(
-        model=model, model_parameters=optimizer_groups(model), config=ds_config,
-        total_steps=args.train_steps, seed=args.seed)
+        pipe = PipelineRun(args, ds_config, raptr_config, data)
+        engine, num_params = pipe.engine, pipe.num_parameters
+    else:
+        torch.manual_seed(args.seed)
+        model = build_model(args.model, args.size, vocab_size=data.vocab_size,
+                            seq_len=args.seq_len, dropout=args.dropout,
+                            checkpoint=args.activation_checkpointing)
+        if args.activation_checkpointing == "deepspeed":
+            import deepspeed
+
+            deepspeed.checkpointing.configure(None, deepspeed_config=ds_config)
+        engine, *_ = megaraptr.initialize(
+            model=model, model_parameters=optimizer_groups(model), config=ds_config,
+            total_steps=args.train_steps, seed=args.seed)
+        num_params = sum(p.numel() for p in model.parameters())
     history = {"initial_eval_loss": None, "wall_seconds": 0.0, "tokens": 0, "eval": [],
                "eval_clock": []}
-    if args.load:
+    if args.load and pipe is not None:
+        history.update(pipe.load(engine, args.load).get("train", {}))
+    elif args.load:
         _, client_state = engine.load_checkpoint(args.load,
                                                  override_schedule=args.override_raptr_schedule)
         history.update(client_state.get("train", {}))
@@ -146,12 +168,14 @@ def run(args) -> dict:
     if history["initial_eval_loss"] is None:
         history["initial_eval_loss"] = evaluate(engine.applied_steps)
     if rank == 0:
-        print(f"megaraptr: {args.model}-{args.size}, {sum(p.numel() for p in model.parameters()):,}"
+        print(f"megaraptr: {args.model}-{args.size}, {num_params:,}"
               f" parameters, {world} process(es), method {method_name(raptr_config)}"
               f", {batches.tokens_per_step:,} tokens/step, kernels {engine.kernels['mode']} "
               f"(optimizer: {engine.kernels['optimizer']}), TensorBoard: {tb_dir}", flush=True)
         for row in engine.schedule.describe():
             print("  " + "  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+        for line in pipe.describe() if pipe is not None else []:
+            print(f"megaraptr: {line}", flush=True)
         for note in args.notes:
             print(f"megaraptr: {note}", flush=True)
 
@@ -162,6 +186,8 @@ def run(args) -> dict:
     start, stop_at = time.perf_counter(), args.exit_at_step or args.train_steps
     while engine.applied_steps < stop_at:
         step = engine.applied_steps + 1
+        if pipe is not None:
+            engine = pipe.step_engine(engine, history)  # re-partitions at planned stage changes
         torch.manual_seed(run_seed(args.seed, step, rank))  # dropout: a function of the step
         t0 = time.perf_counter()
         result = engine.train_step(to_device(batches.step_batches(step), engine.device))
@@ -170,10 +196,12 @@ def run(args) -> dict:
         history["wall_seconds"] += elapsed
         history["tokens"] += batches.tokens_per_step
         tps = batches.tokens_per_step / elapsed
+        lr_scheduler = engine.lr_scheduler
         monitor.write(engine, monitor.step_events(
             result, loss=loss, lr=lr_scheduler.get_last_lr()[0] if lr_scheduler else
             engine.optimizer.param_groups[0]["lr"], tokens_per_sec=tps,
-            layer_flops_fraction=engine.layer_flops_fraction()))
+            layer_flops_fraction=engine.layer_flops_fraction())
+            + (pipe.events(engine, result) if pipe is not None else []))
         bar.set_postfix(loss=f"{loss:.3f}", stage=result.stage.name,
                         layers=result.mask.num_active, tok_s=f"{tps:,.0f}", refresh=False)
         bar.update(1 if result.applied else 0)
@@ -181,8 +209,14 @@ def run(args) -> dict:
         if args.eval_interval and done % args.eval_interval == 0 and done < args.train_steps:
             evaluate(done)
         if args.save and (done == stop_at or (args.save_interval and done % args.save_interval == 0)):
-            engine.save_checkpoint(args.save, tag=f"step{done}", client_state={"train": history})
+            if pipe is not None:
+                pipe.save(engine, args.save, f"step{done}", {"train": history})
+            else:
+                engine.save_checkpoint(args.save, tag=f"step{done}",
+                                       client_state={"train": history})
     bar.close()
+    if pipe is not None:
+        pipe.close()
     session_seconds = time.perf_counter() - start
     finished = engine.applied_steps >= args.train_steps
     final = evaluate(engine.applied_steps) if finished else None
@@ -197,6 +231,10 @@ def run(args) -> dict:
         "subnetwork_digest": engine.digest.hexdigest, "raptr_enabled": raptr_config.enabled,
         "method": method_name(raptr_config), "kernels": engine.kernels,
         "model": args.model, "size": args.size, "world_size": world,
+        "pipeline": None if pipe is None else {
+            "stages": engine.num_stages, "partition": list(engine.layer_parts),
+            "plan": [list(p) for p in engine.partitions], "costs": vars(pipe.costs).copy(),
+            "cost_source": pipe.cost_source},
         "schedule": engine.schedule.describe(), "tensorboard_dir": tb_dir, "resumed_from": args.load,
     }
     if rank == 0:

@@ -248,6 +248,13 @@ def test_training_refuses_compiled_under_zero3_before_building_anything(tmp_path
     with pytest.raises(SystemExit) as info:
         main(["--deepspeed_config", str(path), "--train-steps", "5", "--kernels", "fast"])
     assert info.value.code == 2
+    config["zero_optimization"]["stage"] = 1  # pipelines: eager only ("auto" resolves to it)
+    path.write_text(json.dumps(config))
+    capsys.readouterr()
+    assert main(["--deepspeed_config", str(path), "--train-steps", "5", "--kernels", "fused",
+                 "--pipeline-stages", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith('allowed: "eager" or "auto" (eager there)'), err
 
 
 ADAMW = {"optimizer": {"type": "AdamW", "params": {"lr": 1e-3, "torch_adam": True}},

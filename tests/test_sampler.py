@@ -13,7 +13,8 @@ from collections import Counter
 import pytest
 
 from megaraptr.config import parse_raptr_block
-from megaraptr.sampler import LayerMask, MaskDigest, SubnetworkSampler, sample_mask, uniform
+from megaraptr.sampler import (LayerMask, MaskDigest, SubnetworkSampler, balanced_counts,
+                               sample_balanced, sample_mask, uniform)
 from megaraptr.schedule import Stage, build_schedule
 
 
@@ -324,3 +325,125 @@ def test_mask_digest_resumes_from_a_saved_hexdigest():
     for step in range(21, 51):
         returned = resumed.update(step, sampler.mask(step))
     assert returned == resumed.hexdigest == whole.hexdigest
+
+
+# ---------------------------------------------------------------- balanced sampling
+
+
+def _stage_counts(mask, parts):
+    return [sum(mask.active[lo:hi]) for lo, hi in zip(parts, parts[1:])]
+
+
+# 24-32-40-48 of 48 layers with layers 0 and 47 fixed: p = 22/46, 30/46, 38/46, 1.
+PIPELINE_PROBS = [(d - 2) / 46 for d in (24, 32, 40, 48)]
+
+
+@pytest.mark.parametrize("layers, stages", [(12, 2), (48, 8)])
+@pytest.mark.parametrize("p", PIPELINE_PROBS)
+def test_balanced_marginals_and_stage_counts(layers, stages, p):
+    # 40,000 draws: the binomial sigma is at most 0.0025, so 0.01 is 4 sigma (10,000 draws
+    # would make 0.01 2 sigma, which some of 46 correct layers exceed by chance).
+    from megaraptr.balance import quotas, uniform_partition
+
+    n, parts = 40_000 if p < 1 else 100, uniform_partition(layers, stages)
+    stage = _stage(p, layers=layers, fixed=(0, layers - 1))
+    low = [math.floor(q) for q in quotas(stage, parts)]
+    counts = [0] * layers
+    for step in range(1, n + 1):
+        mask = sample_balanced(6, step, stage, parts)
+        per_stage = _stage_counts(mask, parts)
+        assert max(per_stage) - min(per_stage) <= 1  # the quotas lie within one unit
+        assert all(c - f in (0, 1) for c, f in zip(per_stage, low))
+        for i in mask.active_ids:
+            counts[i] += 1
+    assert counts[0] == counts[-1] == n
+    for i in range(1, layers - 1):
+        assert abs(counts[i] / n - p) < 0.01, (i, counts[i] / n)
+
+
+def test_balanced_counts_follow_the_quotas_on_an_uneven_partition():
+    from megaraptr.balance import quotas
+
+    stage, parts = _stage(0.4, layers=12, fixed=(0, 11)), (0, 2, 7, 12)
+    q = quotas(stage, parts)  # 1.4, 2.0, 2.6
+    n, total = 5000, [0, 0, 0]
+    for step in range(1, n + 1):
+        counts = balanced_counts(2, step, stage, parts)
+        assert counts == tuple(_stage_counts(sample_balanced(2, step, stage, parts), parts))
+        assert all(math.floor(x) <= c <= math.ceil(x) for c, x in zip(counts, q))
+        total = [t + c for t, c in zip(total, counts)]
+        # One rounding number for all stages: they round up together (stage 0 up => stage 2 up).
+        assert counts[0] == 1 or counts[2] == 3
+    assert [t / n for t in total] == pytest.approx(q, abs=0.02)
+
+
+def test_balanced_is_deterministic_and_depends_on_the_partition():
+    stage = _stage(0.5)
+    a = [sample_balanced(3, s, stage, (0, 6, 12)) for s in range(1, 101)]
+    assert a == [sample_balanced(3, s, stage, (0, 6, 12)) for s in range(1, 101)]
+    assert a != [sample_balanced(3, s, stage, (0, 4, 12)) for s in range(1, 101)]
+    assert a != [sample_balanced(4, s, stage, (0, 6, 12)) for s in range(1, 101)]
+    # With one pipeline stage it is sample_mask's "balanced".
+    for step in range(1, 50):
+        assert sample_mask(3, step, stage, sampling="balanced") == \
+            sample_balanced(3, step, stage, (0, 12))
+
+
+def test_balanced_masks_are_pinned():
+    # Digests of balanced runs rely on these: 3 + 3 layers at p = 0.4, 3 + 4 at step 30
+    # (quotas 3.4 and 4.6 on (0, 5, 12), rounding number 0.82), 5 + 5 at p = 0.8.
+    schedule = _schedule({"schedule": "6-8-10-12", "sampling": "balanced"}, steps=100)
+    sampler = SubnetworkSampler(schedule, 1234, [(0, 6, 12), (0, 5, 12), (0, 6, 12),
+                                                 (0, 6, 12)])
+    assert {s: str(sampler.mask(s)) for s in (1, 2, 3, 30, 60, 99)} == {
+        1: "#..#.#...###", 2: "#..##....###", 3: "##.#...#.#.#",
+        30: "#..####..#.#", 60: "##.######.##", 99: "############"}
+
+
+def test_sampler_uses_each_schedule_stage_partition():
+    schedule = _schedule({"schedule": "6-8-10-12", "sampling": "balanced",
+                          "scaling": "inverse_keep_prob"}, steps=100)
+    plan = [(0, 4, 12), (0, 6, 12), (0, 8, 12), (0, 6, 12)]
+    sampler = SubnetworkSampler(schedule, 9, plan)
+    for step in range(1, 101):
+        stage = schedule.stage_at(step)
+        mask = sampler.mask(step)
+        assert mask == sample_balanced(9, step, stage, plan[stage.index],
+                                       scaling="inverse_keep_prob")
+        assert mask.active[0] and mask.active[11]
+        for i in mask.active_ids:
+            expected = 1.0 if i in (0, 11) else 1 / stage.keep_prob
+            assert mask.scale[i] == pytest.approx(expected)
+    # Without partitions: one pipeline stage holding every layer.
+    single = SubnetworkSampler(schedule, 9)
+    assert single.mask(5) == sample_balanced(9, 5, schedule.stage_at(5), (0, 12),
+                                             scaling="inverse_keep_prob")
+
+
+def test_other_samplings_ignore_partitions():
+    plan = [(0, 3, 12)] * 4
+    for sampling in ("bernoulli", "exact"):
+        schedule = _schedule({"schedule": "6-8-10-12", "sampling": sampling})
+        with_plan = SubnetworkSampler(schedule, 1234, plan).masks(range(1, 101))
+        assert with_plan == SubnetworkSampler(schedule, 1234).masks(range(1, 101))
+
+
+def test_sampler_rejects_mismatched_partitions():
+    schedule = _schedule({"schedule": "6-8-10-12", "sampling": "balanced"})
+    for bad in ([(0, 6, 12)] * 3, [(0, 6, 11)] * 4, [(0, 6, 6, 12)] * 4, [(0, 13)] * 4):
+        with pytest.raises(ValueError) as info:
+            SubnetworkSampler(schedule, 0, bad)
+        assert "\n" not in str(info.value)
+
+
+def test_balanced_schedule_expected_flops_and_probs():
+    balanced = _schedule({"schedule": "6-8-10-12", "sampling": "balanced"}, steps=8000)
+    bernoulli = _schedule({"schedule": "6-8-10-12"}, steps=8000)
+    assert balanced.sampling == "balanced"
+    assert balanced.expected_flops_fraction() == bernoulli.expected_flops_fraction() == 0.75
+    assert balanced.layer_probs(10) == bernoulli.layer_probs(10)
+    assert balanced.fingerprint() != bernoulli.fingerprint()
+    sampler = SubnetworkSampler(balanced, 99, [(0, 6, 12)] * 4)
+    active = sum(sampler.mask(s).num_active for s in range(1, 8001))
+    # Only the shared rounding varies: each step's depth is 6, 8, 10 +- 1 at most.
+    assert active / (8000 * 12) == pytest.approx(0.75, abs=0.005)

@@ -1,0 +1,72 @@
+"""Gradient clipping in DeepSpeed pipelines: one norm of the whole model on every stage.
+
+DeepSpeed 0.19.8 gets the clipping norm of a ``PipelineModule`` wrong in two paths:
+
+- fp32 without ZeRO (``clip_grad_norm_`` with the pipeline grid as ``mpu``) counts only the
+  first stage's gradients, since pipeline parameters are not marked model-parallel: every
+  stage then clips by a different, partial norm;
+- ZeRO-1 all-reduces one partial norm per parameter group over the pipeline stages; with
+  megaraptr's per-layer groups the stages hold different numbers of groups, so the
+  collectives do not pair up and training hangs.
+
+:func:`install_pipeline_norm` replaces both with one computation: each rank sums the squares
+of the gradients it holds (a tied weight once: its replicas are ``ds_pipe_replicated``;
+ZeRO padding left out), one all-reduce over the data-parallel group (ZeRO-1's partitions)
+and one over the stages give the model's norm, and every stage clips by it. The bf16
+optimizer already computes one global norm and is left alone.
+"""
+from __future__ import annotations
+
+from typing import List
+
+import torch
+
+
+def _squared(grads: List[torch.Tensor], device) -> torch.Tensor:
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    if grads:
+        total += torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float64)).pow(2).sum()
+    return total
+
+
+def _counted(pairs) -> List[torch.Tensor]:
+    return [g for g, p in pairs if not getattr(p, "ds_pipe_replicated", False)]
+
+
+def install_pipeline_norm(ds_engine) -> None:
+    """Give a pipeline engine's fp32 and ZeRO-1 paths the whole model's clipping norm."""
+    from deepspeed import comm as dist
+
+    stages = ds_engine.mpu.get_model_parallel_group()
+    optimizer = ds_engine.optimizer
+
+    @torch.no_grad()
+    def clip_fp32_gradients():
+        params = [p for p in ds_engine.module.parameters() if p.grad is not None]
+        total = _squared(_counted((p.grad, p) for p in params), ds_engine.device)
+        dist.all_reduce(total, group=stages)
+        coef = torch.clamp(ds_engine.gradient_clipping() / (total.sqrt() + 1e-6), max=1.0)
+        if params:
+            torch._foreach_mul_([p.grad for p in params], coef.to(params[0].grad.dtype))
+        return total.sqrt()
+
+    ds_engine.clip_fp32_gradients = clip_fp32_gradients
+    if hasattr(optimizer, "bit16_groups") and hasattr(optimizer, "averaged_gradients"):
+        from deepspeed.runtime.utils import mask_nan_or_inf_with_val_inplace
+
+        @torch.no_grad()
+        def scaled_global_norm(norm_type=2):
+            assert norm_type == 2, "only L2 norm supported"
+            grads = []
+            for i in range(len(optimizer.bit16_groups)):
+                real = (g for g in optimizer.averaged_gradients.get(i) or []
+                        if not getattr(g, "_zero_padding", False))
+                grads.extend(_counted(zip(real, optimizer.params_in_partition[i])))
+            total = _squared(grads, optimizer.device)
+            dist.all_reduce(total, group=optimizer.dp_process_group)
+            dist.all_reduce(total, group=stages)
+            norm = total.sqrt().float()
+            mask_nan_or_inf_with_val_inplace(norm, device=optimizer.device)
+            return norm
+
+        optimizer.scaled_global_norm = scaled_global_norm
