@@ -19,7 +19,7 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL_OF = {"bert_base": ("bert", "base"), "gpt_medium": ("gpt", "medium"),
-            "tiny": ("bert", "tiny")}
+            "gpt_mini": ("gpt", "mini"), "tiny": ("bert", "tiny")}
 
 
 def main() -> None:
@@ -40,9 +40,18 @@ def main() -> None:
         torch.manual_seed(0)
         model = build_model(name, size, vocab_size=512, seq_len=128)
         total = config.get("scheduler", {}).get("params", {}).get("total_num_steps", 1000)
-        engine, optimizer, _, scheduler = megaraptr.initialize(
-            model=model, model_parameters=optimizer_groups(model), config=str(path),
-            total_steps=total)
+        if "pipeline" in path.stem:  # through the pipeline path, as one stage on one process
+            from megaraptr import pipeline
+            from megaraptr.balance import Costs
+
+            engine = pipeline.initialize(name, model.cfg, config=str(path), num_stages=1,
+                                         total_steps=total, seed=0, costs=Costs(layer=1.0),
+                                         reference=model)
+            optimizer, scheduler = engine.optimizer, engine.lr_scheduler
+        else:
+            engine, optimizer, _, scheduler = megaraptr.initialize(
+                model=model, model_parameters=optimizer_groups(model), config=str(path),
+                total_steps=total)
         results[path.name] = {
             "plain_zero_stage": plain.zero_optimization_stage(),
             "zero_stage": engine.zero_optimization_stage(),
