@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import struct
 import sys
 import time
@@ -237,6 +238,10 @@ def run(args) -> dict:
             "cost_source": pipe.cost_source},
         "schedule": engine.schedule.describe(), "tensorboard_dir": tb_dir, "resumed_from": args.load,
     }
+    if int(os.environ.get("LOCAL_RANK", "0")) == 0:  # one line per node: compare across nodes
+        print(f"megaraptr: rank {rank} of {world} (first on its node, {socket.gethostname()}): "
+              f"{engine.applied_steps} steps, subnetwork digest {engine.digest.hexdigest}",
+              flush=True)
     if rank == 0:
         if finished:
             print(f"megaraptr: step {summary['steps']}: eval loss {history['initial_eval_loss']:.4f}"
