@@ -36,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deepspeed", action="store_true", help="accepted for compatibility")
     p.add_argument("--model", choices=sorted(MODELS), default="bert")
     p.add_argument("--size", choices=list(SIZES), default="tiny")
+    p.add_argument("--objective", choices=["causal", "ul2"], default="causal",
+                   help="--model gpt's training objective: next-token (causal) or UL2's "
+                        "mixture of denoisers (ul2); eval is next-token either way")
+    p.add_argument("--ul2-s-share", type=float, default=None, metavar="F",
+                   help="share of UL2's S-denoiser (prefix LM) rows; the six span denoisers "
+                        "split the rest (default 1/7 each, as in the paper)")
     p.add_argument("--data", metavar="PATH", default=None,
                    help="prepared shards (a folder with index.json) or raw .txt/.jsonl(.gz) "
                         "files or folders, prepared on the fly; default: the built-in sample")

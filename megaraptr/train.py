@@ -12,6 +12,7 @@ group, the data cache or the model is built; bad input exits 2 with one line on 
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -77,6 +78,7 @@ def validate(args):
                               '--pipeline-stages yet; allowed: "eager" or "auto" (eager there)')
     else:
         check_kernels(raptr_config.kernels, ds_config)
+    check_objective(args)
     if args.exit_at_step is not None and not args.save:
         raise ConfigError("--exit-at-step", "needs --save DIR to write the checkpoint")
     if args.exit_at_step is not None and not 1 <= args.exit_at_step <= args.train_steps:
@@ -88,6 +90,21 @@ def validate(args):
                          args.override_raptr_schedule)
     ds_config["raptr"] = raptr_config.model_dump(exclude_none=True)
     return raptr_config, prepare_ds_config(args, ds_config, method_name(raptr_config))
+
+
+def check_objective(args) -> None:
+    """--objective ul2 trains the GPT model without a pipeline; --ul2-s-share needs it."""
+    if args.objective == "ul2" and args.model != "gpt":
+        raise ConfigError("--objective", f"ul2 trains the causal GPT model; use --model gpt "
+                          f"(--model {args.model} trains its own objective)")
+    if args.objective == "ul2" and args.pipeline_stages:
+        raise ConfigError("--objective", "ul2 is not supported with --pipeline-stages yet")
+    if args.ul2_s_share is not None and args.objective != "ul2":
+        raise ConfigError("--ul2-s-share", "needs --objective ul2")
+    if args.objective == "ul2":
+        from megaraptr.data.ul2 import paper_mixture
+
+        paper_mixture(args.ul2_s_share)  # checks the share
 
 
 def check_kernels(mode: str, ds_config: dict) -> None:
@@ -115,6 +132,13 @@ def run(args) -> dict:
 
     data = resolve_data(args.data, kind=DATA_KIND[args.model], vocab_size=args.vocab_size,
                         tokenizer_file=args.tokenizer)
+    ul2, batch_source = None, make_batches  # --objective ul2: UL2 rows, UL2 tokens on top
+    if args.objective == "ul2":
+        from megaraptr.data.ul2 import UL2Batches, UL2Collator, paper_mixture
+
+        ul2 = UL2Collator(data.vocab_size, args.seq_len, paper_mixture(args.ul2_s_share))
+        batch_source = functools.partial(UL2Batches, collator=ul2)
+        args.notes.append(ul2.describe())
     import megaraptr
     from megaraptr.distributed import init_distributed
     from deepspeed import comm as dist
@@ -129,7 +153,8 @@ def run(args) -> dict:
         engine, num_params = pipe.engine, pipe.num_parameters
     else:
         torch.manual_seed(args.seed)
-        model = build_model(args.model, args.size, vocab_size=data.vocab_size,
+        model = build_model(args.model, args.size,
+                            vocab_size=ul2.vocab.size if ul2 else data.vocab_size,
                             seq_len=args.seq_len, dropout=args.dropout,
                             checkpoint=args.activation_checkpointing)
         if args.activation_checkpointing == "deepspeed":
@@ -149,7 +174,7 @@ def run(args) -> dict:
                                                  override_schedule=args.override_raptr_schedule)
         history.update(client_state.get("train", {}))
     dp_rank, dp_size = engine.data_parallel_rank, engine.data_parallel_size
-    batches = make_batches(data, seq_len=args.seq_len, seed=args.seed,
+    batches = batch_source(data, seq_len=args.seq_len, seed=args.seed,
                            micro_batch_size=engine.train_micro_batch_size_per_gpu(),
                            grad_accum=engine.gradient_accumulation_steps(),
                            dp_rank=dp_rank, dp_size=dp_size)
@@ -231,7 +256,8 @@ def run(args) -> dict:
         "expected_layer_flops_fraction": engine.schedule.expected_flops_fraction(),
         "subnetwork_digest": engine.digest.hexdigest, "raptr_enabled": raptr_config.enabled,
         "method": method_name(raptr_config), "kernels": engine.kernels,
-        "model": args.model, "size": args.size, "world_size": world,
+        "model": args.model, "size": args.size, "objective": args.objective,
+        "world_size": world,
         "pipeline": None if pipe is None else {
             "stages": engine.num_stages, "partition": list(engine.layer_parts),
             "plan": [list(p) for p in engine.partitions], "costs": vars(pipe.costs).copy(),

@@ -4,7 +4,8 @@ deterministic per-step batches.
 Modules: ``sources`` (reading inputs), ``tokenizer`` (WordPiece / byte-level BPE), ``shards``
 (token files), ``prepared`` (``index.json`` and ``PreparedData``), ``prepare`` (raw -> prepared),
 ``cache`` (``prepare_cached``), ``resolve`` (``--data`` -> prepared), ``masking`` and
-``batches`` (per-step batches; these import torch, so they load on first use), ``make_sample``
+``batches`` (per-step batches; these import torch, so they load on first use), ``ul2`` (UL2's
+mixture of denoisers, ``--objective ul2``; imports torch), ``make_sample``
 (builds the built-in sample in ``sample/``). Command line: ``python -m megaraptr.data``.
 """
 

@@ -101,6 +101,11 @@ class StepBatches:
         """``(input_ids, labels)`` of one sequence, given its random key."""
         raise NotImplementedError
 
+    def train_example(self, window: np.ndarray, key: list[int]) -> tuple[np.ndarray, np.ndarray]:
+        """``(input_ids, labels)`` of one training sequence: ``example`` unless a training
+        objective differs from the eval one (UL2 trains on denoising, evaluates next-token)."""
+        return self.example(window, key)
+
     # -- sizes -------------------------------------------------------------------------------
 
     @property
@@ -169,8 +174,9 @@ class StepBatches:
         """
         batches = []
         for row_slots in self.slots(step):
-            rows = [self.example(self.window(self.data.train_tokens, self.sequence_index(g)),
-                                 [self.seed, _TRAIN_MASK_TAG, int(g)]) for g in row_slots]
+            rows = [self.train_example(self.window(self.data.train_tokens,
+                                                   self.sequence_index(g)),
+                                       [self.seed, _TRAIN_MASK_TAG, int(g)]) for g in row_slots]
             batches.append(_stack(rows))
         return batches
 

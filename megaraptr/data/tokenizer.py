@@ -5,6 +5,8 @@ a given ``tokenizer.json``, and finding the special token ids a data kind needs.
   tokens ``[PAD] [UNK] [CLS] [SEP] [MASK]`` (ids 0-4 when trained here).
 * ``causal`` -> byte-level BPE, GPT-2 style: special tokens ``<|endoftext|>`` (id 0) and
   ``<|pad|>`` (id 1). A loaded tokenizer without ``<|pad|>`` pads with ``<|endoftext|>``.
+  UL2's mode tokens and sentinels are in no tokenizer: they take the ids right above the
+  vocabulary when ``--objective ul2`` asks for them (``ul2.py``; ``add_ul2_tokens`` to decode).
 
 Training is deterministic: the same texts in the same order give the same ``tokenizer.json``,
 in any process (see ``_train_wordpiece`` for what that takes with WordPiece).

@@ -1,7 +1,9 @@
 """GPT-style causal language model (pre-LN, tied embeddings).
 
-``forward(input_ids, labels)`` returns the mean next-token cross-entropy; the data pipeline
-already shifts ``labels`` by one. Without labels it returns the logits.
+``forward(input_ids, labels)`` returns the mean next-token cross-entropy over the positions
+whose label is not -100 (``F.cross_entropy``'s default ``ignore_index``: every position for
+next-token training, the targets for UL2); the data pipeline already shifts ``labels`` by one.
+Without labels it returns the logits.
 """
 from __future__ import annotations
 
