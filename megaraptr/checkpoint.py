@@ -65,8 +65,9 @@ def find_checkpoint(load_dir: str, tag: Optional[str] = None) -> str:
     return path
 
 
-def read_raptr_state(checkpoint_path: str) -> Optional[dict]:
-    """megaraptr's state from a checkpoint folder, read lazily (mmap) before any engine exists."""
+def read_raptr_state(checkpoint_path: str, key: str = "raptr") -> Optional[dict]:
+    """megaraptr's state from a checkpoint folder, read lazily (mmap) before any engine exists
+    (``key``: another entry of the client state, e.g. the training loop's "train")."""
     import torch
 
     files = sorted(glob.glob(os.path.join(checkpoint_path, "mp_rank_*model_states.pt"))) or \
@@ -78,7 +79,7 @@ def read_raptr_state(checkpoint_path: str) -> Optional[dict]:
     except Exception as err:  # a truncated or foreign file: say which, in one line
         raise CheckpointError(f"{files[0]}: cannot be read ({type(err).__name__}: {err})") \
             from None
-    return states.get("raptr")
+    return states.get(key)
 
 
 def check_compatible(state: Optional[dict], schedule, seed: int, where: str,

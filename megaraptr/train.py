@@ -88,6 +88,10 @@ def validate(args):
         seed = raptr_config.seed if raptr_config.seed is not None else args.seed
         check_compatible(read_raptr_state(path), schedule, seed, path,
                          args.override_raptr_schedule)
+        saved = (read_raptr_state(path, "train") or {}).get("objective", "causal")
+        if args.model == "gpt" and saved != args.objective:
+            raise ConfigError("--objective", f"{args.objective}, but {path} was trained with "
+                              f"--objective {saved} (another vocabulary); allowed: {saved}")
     ds_config["raptr"] = raptr_config.model_dump(exclude_none=True)
     return raptr_config, prepare_ds_config(args, ds_config, method_name(raptr_config))
 
@@ -166,7 +170,7 @@ def run(args) -> dict:
             total_steps=args.train_steps, seed=args.seed)
         num_params = sum(p.numel() for p in model.parameters())
     history = {"initial_eval_loss": None, "wall_seconds": 0.0, "tokens": 0, "eval": [],
-               "eval_clock": []}
+               "eval_clock": [], "objective": args.objective}
     if args.load and pipe is not None:
         history.update(pipe.load(engine, args.load).get("train", {}))
     elif args.load:

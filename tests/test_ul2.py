@@ -204,9 +204,19 @@ def test_train_gpt_with_ul2_loss_falls(causal, tmp_path):
     proc = run([sys.executable, "-m", "megaraptr.train", "--deepspeed_config",
                 tmp_path / "ds.json", "--model", "gpt", "--size", "tiny", "--objective", "ul2",
                 "--data", causal.path, "--train-steps", "20", "--eval-interval", "10",
-                "--eval-sequences", "16", "--summary", summary], timeout=180)
+                "--eval-sequences", "16", "--summary", summary, "--save", tmp_path / "ckpt"],
+               timeout=180)
     assert "objective ul2 (Tay et al. 2022): R 28.6%, X 57.1%, S 14.3%" in proc.stdout
     result = json.loads(summary.read_text())
     assert result["objective"] == "ul2" and result["steps"] == 20
     losses = [loss for _, loss in result["eval_history"]]
     assert losses[0] > losses[1] > losses[2] and losses[-1] < losses[0] - 0.5, losses
+    # a UL2 checkpoint has UL2's vocabulary: resuming it as plain causal LM stops in one line
+    refused = run([sys.executable, "-m", "megaraptr.train", "--deepspeed_config",
+                   tmp_path / "ds.json", "--model", "gpt", "--size", "tiny", "--data",
+                   causal.path, "--train-steps", "20", "--load", tmp_path / "ckpt"],
+                  timeout=120, check=False)
+    assert refused.returncode == 2, refused.stderr
+    assert refused.stderr.strip().splitlines() == [
+        f"megaraptr-train: error: --objective: causal, but {tmp_path / 'ckpt' / 'step20'} was "
+        "trained with --objective ul2 (another vocabulary); allowed: ul2"]
