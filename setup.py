@@ -20,7 +20,8 @@ setup(
         "tokenizers",
         "tqdm",
     ],
-    extras_require={"bench": ["matplotlib"], "test": ["pytest", "matplotlib"]},
+    extras_require={"bench": ["matplotlib"], "hf": ["transformers"],
+                    "test": ["pytest", "matplotlib", "transformers"]},
     entry_points={"console_scripts": ["megaraptr-train=megaraptr.train:main",
                                       "megaraptr-bench-quality=megaraptr.bench.quality:main"]},
 )

@@ -34,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--deepspeed_config", "--deepspeed-config", required=True, metavar="FILE",
                    help="DeepSpeed JSON config with an optional \"raptr\" block")
     p.add_argument("--deepspeed", action="store_true", help="accepted for compatibility")
-    p.add_argument("--model", choices=sorted(MODELS), default="bert")
+    p.add_argument("--model", default="bert", metavar="MODEL",
+                   help=f"{', '.join(sorted(MODELS))}, or a Hugging Face model: hf:bert, "
+                        "hf:gpt2, hf:llama (shaped by --size) or hf:PATH (a local config.json)")
     p.add_argument("--size", choices=list(SIZES), default="tiny")
     p.add_argument("--objective", choices=["causal", "ul2"], default="causal",
                    help="--model gpt's training objective: next-token (causal) or UL2's "

@@ -68,12 +68,17 @@ def residual_scale(block: nn.Module) -> float:
     return block.raptr_scale if block.training else 1.0
 
 
+def is_skipped(block: nn.Module) -> bool:
+    """Whether ``block`` runs nothing now: inactive while training (or not yet present)."""
+    return not block.raptr_active and (block.training or not getattr(block, "raptr_present", True))
+
+
 def skippable(forward: Callable) -> Callable:
     """Decorate a block's ``forward(self, hidden, ...)``: an inactive block returns ``hidden``."""
 
     @functools.wraps(forward)
     def wrapped(self, hidden, *args, **kwargs):
-        if not self.raptr_active and (self.training or not getattr(self, "raptr_present", True)):
+        if is_skipped(self):
             return hidden
         return forward(self, hidden, *args, **kwargs)
 

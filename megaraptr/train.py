@@ -29,7 +29,8 @@ from megaraptr.checkpoint import check_compatible, find_checkpoint, read_raptr_s
 from megaraptr.cli import parse_args
 from megaraptr.config import split_ds_config
 from megaraptr.errors import ConfigError, MegaraptrError
-from megaraptr.models import DATA_KIND, build_model, num_layers, optimizer_groups
+from megaraptr.models import DATA_KIND, MODELS, build_model, num_layers, optimizer_groups
+from megaraptr.models.hf import is_hf
 from megaraptr.schedule import build_schedule
 
 
@@ -55,21 +56,40 @@ def prepare_ds_config(args, ds_config: dict, method: str) -> dict:
                               "(--train-steps)")
     board = ds_config.get("tensorboard")
     if board is not None and "job_name" not in board:
-        board["job_name"] = f"{args.model}-{args.size}-{method}-seed{args.seed}"
+        board["job_name"] = f"{args.model_label}-{args.size}-{method}-seed{args.seed}"
     return ds_config
+
+
+def model_facts(args) -> tuple:
+    """(layers, data kind, label) of --model, checked before anything is built."""
+    if is_hf(args.model):
+        from megaraptr.models.hf import data_kind, hf_config, model_label
+
+        if args.pipeline_stages:
+            raise ConfigError("--pipeline-stages", "not supported with Hugging Face models "
+                              "(--model hf:...); use ZeRO data parallelism")
+        if args.activation_checkpointing == "deepspeed":
+            raise ConfigError("--activation-checkpointing", '"deepspeed" is not supported with '
+                              "Hugging Face models; allowed: none, torch")
+        config = hf_config(args.model, size=args.size, seq_len=args.seq_len)
+        return config.num_hidden_layers, data_kind(config), model_label(args.model, config)
+    if args.model not in MODELS:
+        raise ConfigError("--model", f"{args.model!r}; allowed: {', '.join(sorted(MODELS))}, "
+                          "hf:bert, hf:gpt2, hf:llama, hf:PATH (a local config.json)")
+    return num_layers(args.size), DATA_KIND[args.model], args.model
 
 
 def validate(args):
     """Everything that can be checked before expensive work; returns (raptr, ds_config)."""
+    depth, args.data_kind, args.model_label = model_facts(args)
     raptr_config, ds_config = split_ds_config(args.deepspeed_config)
     if getattr(args, "kernels", None):
         raptr_config = raptr_config.model_copy(update={"kernels": args.kernels})
-    schedule = build_schedule(raptr_config, num_layers=num_layers(args.size),
-                              total_steps=args.train_steps)
+    schedule = build_schedule(raptr_config, num_layers=depth, total_steps=args.train_steps)
     if args.pipeline_stages:
         from megaraptr.pipeline import check_pipeline
 
-        check_pipeline(args.pipeline_stages, num_layers(args.size), ds_config, raptr_config)
+        check_pipeline(args.pipeline_stages, depth, ds_config, raptr_config)
         if args.activation_checkpointing != "none":
             raise ConfigError("--activation-checkpointing", "not supported with "
                               "--pipeline-stages; allowed: none")
@@ -126,15 +146,17 @@ def run_seed(seed: int, step: int, rank: int) -> int:
     return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
 
 
-def to_device(batches: List[dict], device) -> List[dict]:
-    return [{k: v.to(device, non_blocking=True) for k, v in b.items()} for b in batches]
+def to_device(batches: List[dict], device, inputs=None) -> List[dict]:
+    """Batches on ``device``; ``inputs`` maps each to the model's keyword arguments."""
+    moved = [{k: v.to(device, non_blocking=True) for k, v in b.items()} for b in batches]
+    return [inputs(b) for b in moved] if inputs else moved
 
 
 def run(args) -> dict:
     raptr_config, ds_config = validate(args)
     from megaraptr.data import make_batches, resolve_data
 
-    data = resolve_data(args.data, kind=DATA_KIND[args.model], vocab_size=args.vocab_size,
+    data = resolve_data(args.data, kind=args.data_kind, vocab_size=args.vocab_size,
                         tokenizer_file=args.tokenizer)
     ul2, batch_source = None, make_batches  # --objective ul2: UL2 rows, UL2 tokens on top
     if args.objective == "ul2":
@@ -149,7 +171,7 @@ def run(args) -> dict:
 
     init_distributed()
     rank, world = dist.get_rank(), dist.get_world_size()
-    pipe = None
+    pipe, inputs = None, None
     if args.pipeline_stages:  # DeepSpeed PipelineModule + train_batch (megaraptr.pipeline_run)
         from megaraptr.pipeline_run import PipelineRun
 
@@ -157,10 +179,18 @@ def run(args) -> dict:
         engine, num_params = pipe.engine, pipe.num_parameters
     else:
         torch.manual_seed(args.seed)
-        model = build_model(args.model, args.size,
-                            vocab_size=ul2.vocab.size if ul2 else data.vocab_size,
-                            seq_len=args.seq_len, dropout=args.dropout,
-                            checkpoint=args.activation_checkpointing)
+        if is_hf(args.model):  # a transformers model, adapted in place (megaraptr.models.hf)
+            from megaraptr.models.hf import build_hf_model, causal_inputs
+
+            model = build_hf_model(args.model, size=args.size, vocab_size=data.vocab_size,
+                                   seq_len=args.seq_len, dropout=args.dropout,
+                                   checkpoint=args.activation_checkpointing)
+            inputs = causal_inputs if args.data_kind == "causal" else None
+        else:
+            model = build_model(args.model, args.size,
+                                vocab_size=ul2.vocab.size if ul2 else data.vocab_size,
+                                seq_len=args.seq_len, dropout=args.dropout,
+                                checkpoint=args.activation_checkpointing)
         if args.activation_checkpointing == "deepspeed":
             import deepspeed
 
@@ -184,7 +214,7 @@ def run(args) -> dict:
                            dp_rank=dp_rank, dp_size=dp_size)
     eval_set = to_device(batches.eval_batches(args.eval_sequences,
                                               engine.train_micro_batch_size_per_gpu()),
-                         engine.device)
+                         engine.device, inputs)
     tb_dir = monitor.tensorboard_dir(ds_config)
 
     def evaluate(step: int) -> float:
@@ -220,7 +250,7 @@ def run(args) -> dict:
             engine = pipe.step_engine(engine, history)  # re-partitions at planned stage changes
         torch.manual_seed(run_seed(args.seed, step, rank))  # dropout: a function of the step
         t0 = time.perf_counter()
-        result = engine.train_step(to_device(batches.step_batches(step), engine.device))
+        result = engine.train_step(to_device(batches.step_batches(step), engine.device, inputs))
         loss = engine.mean_over_ranks(result.loss)
         elapsed = time.perf_counter() - t0
         history["wall_seconds"] += elapsed
