@@ -22,5 +22,6 @@ setup(
     ],
     extras_require={"bench": ["matplotlib"], "test": ["pytest", "matplotlib"]},
     entry_points={"console_scripts": ["megaraptr-train=megaraptr.train:main",
+                                      "megaraptr-config=megaraptr.config_tool:main",
                                       "megaraptr-bench-quality=megaraptr.bench.quality:main"]},
 )
