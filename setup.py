@@ -23,5 +23,6 @@ setup(
     extras_require={"bench": ["matplotlib"], "hf": ["transformers"],
                     "test": ["pytest", "matplotlib", "transformers"]},
     entry_points={"console_scripts": ["megaraptr-train=megaraptr.train:main",
+                                      "megaraptr-config=megaraptr.config_tool:main",
                                       "megaraptr-bench-quality=megaraptr.bench.quality:main"]},
 )

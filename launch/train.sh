@@ -5,7 +5,7 @@
 #   NUM_NODES  limit the nodes taken from HOSTFILE
 #   MASTER_ADDR, MASTER_PORT  rendezvous (default: the launcher's, port 29500)
 #   MODEL      bert | gpt                      (default bert)
-#   SIZE       tiny | mini | base | medium     (default base)
+#   SIZE       tiny | mini | narrow | base | medium | 1.3b | 1.6b   (default base)
 #   DS_CONFIG  DeepSpeed JSON with a "raptr" block (default ds_configs/bert_base_raptr_zero2.json)
 #   DEEPSPEED  the launcher to run (default: deepspeed on PATH)
 # Anything else goes to megaraptr.train: launch/train.sh --train-steps 100000 --save ckpt

@@ -12,7 +12,8 @@ from typing import List, Optional
 
 from megaraptr.models import MODELS, SIZES
 
-DEFAULT_SEQ_LEN = {"tiny": 128, "mini": 128, "narrow": 128, "base": 512, "medium": 1024}
+DEFAULT_SEQ_LEN = {"tiny": 128, "mini": 128, "narrow": 128, "base": 512, "medium": 1024,
+                   "1.3b": 1024, "1.6b": 1024}
 
 
 def _positive(text: str) -> int:

@@ -5,12 +5,15 @@
 For each config: plain ``deepspeed.initialize`` with the whole JSON, raptr block included
 (DeepSpeed must ignore it), then ``megaraptr.initialize`` with the model size it was written
 for, recording the optimizer, ZeRO stage, precision and schedule DeepSpeed ended up with.
+Sizes in STAND_IN (24 layers of width 1024 and more) are built at their real depth but the
+tiny width: the schedule is still checked against the real depth, and the test stays fast.
 """
 from __future__ import annotations
 
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -18,8 +21,21 @@ import torch
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 ROOT = Path(__file__).resolve().parent.parent
-MODEL_OF = {"bert_base": ("bert", "base"), "gpt_medium": ("gpt", "medium"),
-            "gpt_mini": ("gpt", "mini"), "tiny": ("bert", "tiny")}
+MODEL_OF = {"bert_base": ("bert", "base"), "bert_large": ("bert", "medium"),
+            "gpt_medium": ("gpt", "medium"), "gpt_1_3b": ("gpt", "1.3b"),
+            "ul2_1_6b": ("gpt", "1.6b"), "gpt_mini": ("gpt", "mini"), "tiny": ("bert", "tiny")}
+STAND_IN = {"medium", "1.3b", "1.6b"}
+
+
+def build(name: str, size: str):
+    """The model a config was written for; STAND_IN sizes at the tiny width, same depth."""
+    from megaraptr.models import MODELS, SIZES, model_config
+
+    cfg = model_config(size, vocab_size=512, seq_len=128)
+    if size in STAND_IN:
+        tiny = SIZES["tiny"]
+        cfg = replace(cfg, hidden=tiny["hidden"], heads=tiny["heads"], ffn=tiny["ffn"])
+    return MODELS[name](cfg)
 
 
 def main() -> None:
@@ -38,7 +54,7 @@ def main() -> None:
         plain, *_ = deepspeed.initialize(model=tiny, model_parameters=tiny.parameters(),
                                          config=config)
         torch.manual_seed(0)
-        model = build_model(name, size, vocab_size=512, seq_len=128)
+        model = build(name, size)
         total = config.get("scheduler", {}).get("params", {}).get("total_num_steps", 1000)
         if "pipeline" in path.stem:  # through the pipeline path, as one stage on one process
             from megaraptr import pipeline

@@ -10,7 +10,8 @@ from conftest import ROOT, run
 
 CONFIGS = sorted(p.name for p in (ROOT / "ds_configs").glob("*.json"))
 REQUIRED = {"bert_base_raptr_zero2.json", "bert_base_full_zero2.json",
-            "gpt_medium_raptr_zero1.json", "tiny_raptr_cpu.json"}
+            "bert_large_raptr_zero2.json", "gpt_medium_raptr_zero1.json",
+            "gpt_1_3b_raptr_pipeline.json", "ul2_1_6b_raptr_warmup.json", "tiny_raptr_cpu.json"}
 
 
 @pytest.fixture(scope="module")
@@ -47,6 +48,10 @@ def test_config_initializes(loaded, name):
     stages = result["stages"]
     assert stages[-1]["keep_prob"] == 1.0
     if config["raptr"]["enabled"]:
+        warmup = config["raptr"].get("full_model_warmup_steps", 0)
+        if warmup:
+            assert stages[0]["stage"] == "warmup" and stages[0]["steps"] == f"1-{warmup}"
+            stages = stages[1:]
         depths = [float(d) for d in config["raptr"]["schedule"].split("-")]
         assert [s["expected_layers"] for s in stages] == depths
         assert depths[-1] == result["num_layers"]

@@ -35,7 +35,8 @@ from megaraptr.errors import ConfigError, MegaraptrError
 
 PROG = "megaraptr-bench-step-time"
 # (micro batch, seq len) per size: base/medium as in docs/gpu.md, tiny/mini CPU-friendly.
-SHAPES = {"tiny": (8, 128), "mini": (8, 128), "base": (64, 512), "medium": (16, 1024)}
+SHAPES = {"tiny": (8, 128), "mini": (8, 128), "base": (64, 512), "medium": (16, 1024),
+          "1.3b": (8, 1024), "1.6b": (8, 1024)}
 
 
 class _Parser(argparse.ArgumentParser):

@@ -14,7 +14,11 @@ SIZES = {
     "mini": dict(num_layers=8, hidden=256, heads=4, ffn=1024),      # CPU benchmarks
     "narrow": dict(num_layers=12, hidden=48, heads=3, ffn=192),     # CPU quality studies
     "base": dict(num_layers=12, hidden=768, heads=12, ffn=3072),    # BERT-base shape
-    "medium": dict(num_layers=24, hidden=1024, heads=16, ffn=4096),  # GPT-2-medium shape
+    "medium": dict(num_layers=24, hidden=1024, heads=16, ffn=4096),  # GPT-2-medium = BERT-large
+    # 24 x (12 h^2 + 13 h) = 1.209B in blocks + 50304 x 2048 tied embedding = 1.31B (GPT-3 XL)
+    "1.3b": dict(num_layers=24, hidden=2048, heads=16, ffn=8192),
+    # 24 x (12 h^2 + 13 h) = 1.530B + 32768 x 2304 tied embedding = 1.61B: a UL2-1.6B-sized decoder
+    "1.6b": dict(num_layers=24, hidden=2304, heads=18, ffn=9216),
 }
 MODELS = {"bert": BertMLM, "gpt": GPTLM}
 DATA_KIND = {"bert": "mlm", "gpt": "causal"}
