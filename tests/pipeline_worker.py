@@ -6,7 +6,7 @@ MODE ``pipe`` trains the tiny GPT as a 2-stage DeepSpeed pipeline (N = 2: pp=2; 
 dp=2); MODE ``ref`` trains the same model, initial weights, data and config without a pipeline
 (N = 1 or 2 data-parallel ranks) as the reference. Cases (default: all of the mode):
 
-- ``fp32-z0``, ``fp32-z1``, ``bf16-z0``: RAPTR "2-3-4" with bernoulli sampling;
+- ``fp32-z0``, ``fp32-z1``, ``bf16-z0``, ``bf16-z1``: RAPTR "2-3-4", bernoulli sampling;
 - ``balanced``: "balanced" sampling; the reference samples with the pipeline's plan;
 - ``repartition[:BASE]``: a cost model with a heavy head, whose plan moves a layer to the
   first stage for the later stages: the run is handed over through a checkpoint mid-run
@@ -38,7 +38,8 @@ EVEN = Costs(layer=1.0, embedding=0.0, head=0.0)
 
 
 def config(case: str) -> dict:
-    dtype, stage = ("bf16", 0) if case == "bf16-z0" else ("fp32", 1 if case == "fp32-z1" else 0)
+    dtype, _, stage = case.partition("-z") if "-z" in case else ("fp32", "", "0")
+    stage = int(stage)
     return {
         "train_micro_batch_size_per_gpu": MICRO, "gradient_accumulation_steps": GAS,
         "gradient_clipping": float(os.environ.get("CLIP", 1.0)), "steps_per_print": 10 ** 6,
