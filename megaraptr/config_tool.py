@@ -8,7 +8,7 @@
         --lengths equal,0.34 --warmup 0,0.1 --baseline --out runs/sweep
 
 - ``validate FILE``: exactly the checks ``megaraptr-train`` makes before it builds anything
-  (:func:`megaraptr.train.validate` on the training flags this makes: ``--model``, ``--size``,
+  (:func:`megaraptr.preflight.validate` on the training flags this makes: ``--model``, ``--size``,
   ``--train-steps``, ``--pipeline-stages`` and any other training flag given after FILE, such as
   ``--kernels auto`` or ``--load DIR``); prints ``ok: ...`` in one line.
 - ``explain FILE``: the same checks, then the stage table (steps, keep probability, expected
@@ -83,7 +83,7 @@ def check(path: str, *, model: str, size: Optional[str], train_steps: Optional[i
     from megaraptr.config import load_ds_config, parse_raptr_block
     from megaraptr.models import num_layers
     from megaraptr.schedule import build_schedule
-    from megaraptr.train import validate
+    from megaraptr.preflight import validate
 
     ds_config = load_ds_config(path)
     if size is None:
