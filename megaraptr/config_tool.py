@@ -30,14 +30,10 @@ import sys
 from dataclasses import dataclass
 from typing import List, Optional
 
+from megaraptr.argparsing import OneLineParser
 from megaraptr.errors import ConfigError, MegaraptrError
 
 PROG = "megaraptr-config"
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise ConfigError("arguments", message)
 
 
 @dataclass
@@ -224,8 +220,8 @@ def pipeline_lines(checked: Checked, num_stages: int) -> List[str]:
 def build_parser() -> argparse.ArgumentParser:
     from megaraptr.models import MODELS, SIZES
 
-    p = _Parser(prog=PROG, description=__doc__.split("\n")[0])
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    p = OneLineParser(prog=PROG, description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True, parser_class=OneLineParser)
     helps = {"validate": "training's checks; prints ok: and a summary",
              "explain": "the stage table with layer FLOPs and ideal wall-clock speedups",
              "sweep": "write a grid of configs and an index for a tuning run"}

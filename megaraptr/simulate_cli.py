@@ -17,26 +17,15 @@ import os
 import sys
 from typing import List, Optional
 
+from megaraptr.argparsing import OneLineParser, int_list
 from megaraptr.balance import Costs
 from megaraptr.errors import ConfigError, MegaraptrError
 
 PROG = "megaraptr-simulate"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise ConfigError("arguments", message)
-
-
-def _int_list(text: str) -> List[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers joined by commas, got {text!r}")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description=__doc__.split("\n")[0])
+    p = OneLineParser(prog=PROG, description=__doc__.split("\n")[0])
     p.add_argument("--layers", type=int, default=48, help="transformer layers L (default 48)")
     p.add_argument("--stages", type=int, default=8, help="pipeline stages S (default 8)")
     p.add_argument("--micro-batches", type=int, default=32, help="micro-batches per step M")
@@ -49,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", default="24-32-40-48",
                    help='expected depths of equal schedule stages, e.g. "24-32-40-48"')
     p.add_argument("--steps", type=int, default=4000, help="total optimizer steps")
-    p.add_argument("--fixed-layers", type=_int_list, default=[0, -1],
+    p.add_argument("--fixed-layers", type=int_list, default=[0, -1],
                    help="layers that always run, joined by commas (default 0,-1)")
     p.add_argument("--seed", type=int, default=0, help="sampler seed")
     p.add_argument("--backward-ratio", type=float, default=2.0,

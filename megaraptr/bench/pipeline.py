@@ -14,7 +14,6 @@ samplers: its ratio is the noise floor. Rank 0 prints the table last and writes 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -23,11 +22,12 @@ import time
 import numpy as np
 import torch
 
+from megaraptr.argparsing import OneLineParser
 from megaraptr.errors import MegaraptrError
 
 
 def parse(argv=None):
-    p = argparse.ArgumentParser(prog="megaraptr-bench-pipeline", description=__doc__.split("\n")[0])
+    p = OneLineParser(prog="megaraptr-bench-pipeline", description=__doc__.split("\n")[0])
     p.add_argument("--model", choices=["gpt", "bert"], default="gpt")
     p.add_argument("--size", default="mini")
     p.add_argument("--data", default=None, help="text/jsonl files or folder (default: sample)")
@@ -155,8 +155,8 @@ def report(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    args = parse(argv)
     try:
+        args = parse(argv)
         result = run(args)
     except MegaraptrError as err:
         print(f"megaraptr-bench-pipeline: error: {err}", file=sys.stderr)

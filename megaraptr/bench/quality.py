@@ -32,15 +32,11 @@ import time
 from dataclasses import dataclass
 from typing import List, Optional
 
+from megaraptr.argparsing import OneLineParser
 from megaraptr.bench.methods import ABLATIONS, METHODS, Run, plan_runs
 from megaraptr.errors import ConfigError, MegaraptrError
 
 PROG = "megaraptr-bench-quality"
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise ConfigError("arguments", message)
 
 
 def _floats(text: str) -> List[float]:
@@ -60,7 +56,7 @@ def _names(text: str) -> List[str]:
 def build_parser() -> argparse.ArgumentParser:
     from megaraptr.models import MODELS, SIZES
 
-    p = _Parser(prog=PROG, description=__doc__.split("\n")[0])
+    p = OneLineParser(prog=PROG, description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, metavar="DIR", help="sweep folder (resumable)")
     p.add_argument("--model", choices=sorted(MODELS), default="gpt")
     p.add_argument("--size", choices=list(SIZES), default="narrow")

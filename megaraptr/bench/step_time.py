@@ -31,6 +31,7 @@ import platform
 import sys
 from typing import Callable, Dict, List, Optional
 
+from megaraptr.argparsing import OneLineParser, int_list
 from megaraptr.errors import ConfigError, MegaraptrError
 
 PROG = "megaraptr-bench-step-time"
@@ -39,31 +40,19 @@ SHAPES = {"tiny": (8, 128), "mini": (8, 128), "base": (64, 512), "medium": (16, 
           "1.3b": (8, 1024), "1.6b": (8, 1024)}
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):
-        raise ConfigError("arguments", message)
-
-
-def _int_list(text: str) -> List[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers joined by commas, got {text!r}")
-
-
 def build_parser() -> argparse.ArgumentParser:
     from megaraptr.models import MODELS, SIZES
 
-    p = _Parser(prog=PROG, description=__doc__.split("\n")[0])
+    p = OneLineParser(prog=PROG, description=__doc__.split("\n")[0])
     p.add_argument("--model", choices=sorted(MODELS), default="bert")
     p.add_argument("--size", choices=list(SIZES), default="base")
-    p.add_argument("--zero", type=_int_list, action="append", default=None, metavar="STAGES",
+    p.add_argument("--zero", type=int_list, action="append", default=None, metavar="STAGES",
                    help="ZeRO stage(s): repeat or join with commas, e.g. 1,2,3 (default 2)")
     p.add_argument("--precision", choices=["fp32", "bf16"], default=None,
                    help="default: bf16 on cuda, fp32 on cpu")
     p.add_argument("--device", choices=["cpu", "cuda"], default=None,
                    help="default: cuda if available")
-    p.add_argument("--ks", type=_int_list, default=None,
+    p.add_argument("--ks", type=int_list, default=None,
                    help="active-layer counts (default 0,L/4,L/2,3L/4,L rounded; L is always added)")
     p.add_argument("--steps", type=int, default=None, help="timed steps per k (cuda 20, cpu 6)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per k (cuda 5, cpu 2)")
