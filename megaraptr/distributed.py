@@ -26,6 +26,14 @@ def is_cpu() -> bool:
     return get_accelerator().device_name() == "cpu"
 
 
+def device():
+    """This rank's accelerator device (``cuda:<local rank>``, or ``cpu``)."""
+    import torch
+    from deepspeed.accelerator import get_accelerator
+
+    return torch.device(get_accelerator().current_device_name())
+
+
 def init_distributed(timeout_minutes: int | None = None) -> None:
     """Start (once) the process group DeepSpeed will use."""
     import deepspeed

@@ -178,12 +178,16 @@ class RaptrEngine:
             if restore:
                 restore()
             total += loss.detach().float()
+        return self._result(step, stage, mask, float(total) / expected)
+
+    def _result(self, step: int, stage: Stage, mask: LayerMask, loss: float) -> StepResult:
+        """Account for step ``step`` once DeepSpeed has run it: the run's digest and layer
+        count move only when the optimizer applied it (not on an fp16 overflow)."""
         applied = self.applied_steps == step
         if applied:
             self.digest.update(step, mask)
             self.active_layer_steps += mask.num_active
-        return StepResult(step, stage, mask, float(total) / expected, applied,
-                          self.schedule.keep_prob_at(step))
+        return StepResult(step, stage, mask, loss, applied, self.schedule.keep_prob_at(step))
 
     def _rewarm_lr(self, step: int, stage: Stage):
         """Scale this step's LR by the stage re-warmup factor; returns an undo for the case

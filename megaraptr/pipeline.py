@@ -17,14 +17,13 @@ The costs the partitions are planned from come from the config or from the short
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 
 from megaraptr.balance import Costs, Partition, imbalance, plan_partitions
 from megaraptr.engine import RaptrEngine, StepResult
 from megaraptr.errors import ConfigError
-from megaraptr.models import model_config
 from megaraptr.pipeline_norm import install_pipeline_norm
 from megaraptr.models.pipe import copy_reference_weights, layer_specs, loss_fn, spec_bounds
 
@@ -84,20 +83,8 @@ def build_module(name: str, cfg, *, num_stages: int, layer_parts: Partition,
     module.raptr_model = name
     module.raptr_num_layers = cfg.num_layers
     if reference is not None:
-        copy_reference_weights(module, name, reference)
+        copy_reference_weights(module, reference)
     return module
-
-
-def model_cfg(args, vocab_size: int):
-    return model_config(args.size, vocab_size=vocab_size, seq_len=args.seq_len,
-                        dropout=args.dropout)
-
-
-def stage_layer_ids(module) -> List[int]:
-    """Global ids of the transformer layers this pipeline stage holds."""
-    from megaraptr.layers import is_block
-
-    return sorted(m.layer_id for m in module.modules() if is_block(m))
 
 
 class RaptrPipelineEngine(RaptrEngine):
@@ -148,12 +135,7 @@ class RaptrPipelineEngine(RaptrEngine):
         loss = self.ds.train_batch(data_iter=data_iter)
         if restore:
             restore()
-        applied = self.applied_steps == step
-        if applied:
-            self.digest.update(step, mask)
-            self.active_layer_steps += mask.num_active
-        return StepResult(step, stage, mask, float(loss), applied,
-                          self.schedule.keep_prob_at(step))
+        return self._result(step, stage, mask, float(loss))
 
     @property
     def mlm(self) -> bool:
@@ -196,7 +178,7 @@ def plan(raptr_config, schedule, costs: Costs, num_stages: int):
 
 def initialize(name: str, cfg, *, config, num_stages: int, total_steps: int, seed: int,
                costs: Costs, reference: Optional[torch.nn.Module] = None,
-               layer_parts: Optional[Partition] = None, partitions=None,
+               layer_parts: Optional[Partition] = None, first_step: int = 1, partitions=None,
                optimizer_groups=None) -> RaptrPipelineEngine:
     """``megaraptr.initialize`` for a pipeline of reference model ``name``.
 
@@ -205,7 +187,8 @@ def initialize(name: str, cfg, *, config, num_stages: int, total_steps: int, see
         costs: the cost model the partitions are planned from (given in the config's
             "pipeline" block, or :func:`measure_costs`; a resumed run's from its checkpoint).
         reference: a reference model whose weights this stage's layers start from.
-        layer_parts: build under this partition instead of the plan's for step 1.
+        layer_parts: build under this partition instead of the plan's for ``first_step``.
+        first_step: the applied step the engine trains next (a resumed run: saved step + 1).
         partitions: the plan, when already made (``plan(...)``).
         optimizer_groups: ``fn(module) -> parameter groups`` (default: decay / no decay).
     """
@@ -220,7 +203,8 @@ def initialize(name: str, cfg, *, config, num_stages: int, total_steps: int, see
     check_pipeline(num_stages, cfg.num_layers, ds_config, raptr_config)
     schedule = build_schedule(raptr_config, num_layers=cfg.num_layers, total_steps=total_steps)
     partitions = partitions or plan(raptr_config, schedule, costs, num_stages)
-    parts = tuple(layer_parts or partitions[schedule.stage_at(1).index])
+    step = min(max(first_step, 1), schedule.total_steps)
+    parts = tuple(layer_parts or partitions[schedule.stage_at(step).index])
     module = build_module(name, cfg, num_stages=num_stages, layer_parts=parts,
                           reference=reference)
     from megaraptr.layers import find_blocks

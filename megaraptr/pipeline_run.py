@@ -27,8 +27,9 @@ from typing import List, Optional
 import torch
 
 from megaraptr import pipeline, repartition
-from megaraptr.balance import Costs
+from megaraptr.balance import Costs, imbalance
 from megaraptr.checkpoint import find_checkpoint, read_raptr_state
+from megaraptr.distributed import device as accelerator_device
 from megaraptr.models import build_model
 
 
@@ -36,12 +37,14 @@ class PipelineRun:
     """The pipeline engine of a ``megaraptr.train`` run and its re-partitioning."""
 
     def __init__(self, args, ds_config: dict, raptr_config, data):
-        self.args, self.ds_config = args, dict(ds_config, raptr=ds_config.get("raptr", {}))
+        self.args, self.ds_config = args, dict(ds_config)
         torch.manual_seed(args.seed)
         reference = build_model(args.model, args.size, vocab_size=data.vocab_size,
                                 seq_len=args.seq_len, dropout=args.dropout)
         self.num_parameters = sum(p.numel() for p in reference.parameters())
         self.cfg = reference.cfg
+        self.resumed = (read_raptr_state(find_checkpoint(args.load)) or {}) if args.load else {}
+        """megaraptr's state in the checkpoint being resumed (empty for a new run)."""
         self.costs, self.cost_source = self._costs(raptr_config, reference, data)
         self._reference = reference
         self._scratch = None
@@ -52,41 +55,28 @@ class PipelineRun:
         spec = raptr_config.pipeline
         if spec is not None and spec.costs is not None:
             return Costs.from_spec(spec.costs), "config"
-        if self.args.load:
-            state = read_raptr_state(find_checkpoint(self.args.load)) or {}
-            saved = (state.get("pipeline") or {}).get("costs")
-            if saved:
-                return Costs(**saved), "checkpoint"
+        saved = (self.resumed.get("pipeline") or {}).get("costs")
+        if saved:
+            return Costs(**saved), "checkpoint"
         from megaraptr.data import make_batches
         from megaraptr.profile import measure_costs
 
         micro = self.ds_config.get("train_micro_batch_size_per_gpu", 1)
         batch = make_batches(data, seq_len=self.args.seq_len, seed=self.args.seed,
                              micro_batch_size=micro, grad_accum=1).step_batches(1)[0]
-        device = _device()
+        device = accelerator_device()
         dtype = torch.bfloat16 if self.ds_config.get("bf16", {}).get("enabled") else None
         repeats = spec.profile_steps if spec is not None else 3
         return measure_costs(reference, batch, repeats=repeats, device=device,
                              dtype=dtype), "profile"
 
     def build(self, layer_parts):
-        """The engine of ``layer_parts`` (None: the plan's for the next step)."""
-        if layer_parts is None and self.args.load:
-            from megaraptr.config import split_ds_config
-            from megaraptr.schedule import build_schedule
-
-            state = read_raptr_state(find_checkpoint(self.args.load)) or {}
-            raptr, _ = split_ds_config(dict(self.ds_config))
-            schedule = build_schedule(raptr, num_layers=self.cfg.num_layers,
-                                      total_steps=self.args.train_steps)
-            plan = pipeline.plan(raptr, schedule, self.costs, self.args.pipeline_stages)
-            step = min(state.get("applied_steps", 0) + 1, schedule.total_steps)
-            layer_parts = plan[schedule.stage_at(step).index]
+        """The engine of ``layer_parts`` (None: the plan's for the next step to train)."""
         return pipeline.initialize(
             self.args.model, self.cfg, config=dict(self.ds_config),
             num_stages=self.args.pipeline_stages, total_steps=self.args.train_steps,
             seed=self.args.seed, costs=self.costs, reference=self._reference,
-            layer_parts=layer_parts)
+            layer_parts=layer_parts, first_step=self.resumed.get("applied_steps", 0) + 1)
 
     def load(self, engine, load_dir: str) -> dict:
         _, client_state = repartition.load(engine, load_dir)
@@ -118,8 +108,6 @@ class PipelineRun:
     def events(engine, result) -> List:
         parts, active = engine.layer_parts, result.mask.active
         busiest = max(sum(active[a:b]) for a, b in zip(parts[:-1], parts[1:]))
-        from megaraptr.balance import imbalance
-
         return [("raptr/pipeline_imbalance", imbalance(engine.costs, parts, result.stage),
                  result.step),
                 ("raptr/pipeline_busiest_layers", float(busiest), result.step)]
@@ -131,24 +119,12 @@ class PipelineRun:
                  f"embedding {self.costs.embedding:.4g}, head {self.costs.head:.4g}"]
         for stage, parts in zip(engine.schedule.stages, engine.partitions):
             lines.append(f"  stage {stage.name}: partition {list(parts)}, predicted imbalance "
-                         f"{_imbalance(engine.costs, parts, stage):.3f}")
+                         f"{imbalance(engine.costs, parts, stage):.3f}")
         return lines
 
     def close(self) -> None:
         if self._scratch is not None and torch.distributed.get_rank() == 0:
             shutil.rmtree(self._scratch, ignore_errors=True)
-
-
-def _imbalance(costs, parts, stage) -> float:
-    from megaraptr.balance import imbalance
-
-    return imbalance(costs, parts, stage)
-
-
-def _device() -> torch.device:
-    from deepspeed.accelerator import get_accelerator
-
-    return torch.device(get_accelerator().current_device_name())
 
 
 def _shared_tempdir() -> str:

@@ -34,7 +34,7 @@ import hashlib
 import math
 import struct
 from dataclasses import dataclass
-from typing import Iterable, Optional, Sequence, Tuple
+from typing import Iterable, List, Optional, Sequence, Tuple
 
 from megaraptr.balance import check_partition, quotas
 from megaraptr.schedule import Schedule, Stage
@@ -108,10 +108,20 @@ def sample_mask(seed: int, step: int, stage: Stage, *, sampling: str = "bernoull
     if sampling != "exact":
         raise ValueError(f"unknown sampling {sampling!r}")
     stochastic = [i for i in range(num_layers) if i not in fixed]
-    draws = {i: uniform(seed, step, i) for i in stochastic}
     keep = stage.exact_layers - len(fixed)
-    kept = set(sorted(stochastic, key=lambda i: (draws[i], i))[:keep])
     prob = keep / len(stochastic) if stochastic else 1.0
+    return _fixed_plus(num_layers, fixed, _smallest(seed, step, stochastic, keep), prob, scaling)
+
+
+def _smallest(seed: int, step: int, layers: Sequence[int], count: int) -> List[int]:
+    """The ``count`` layers of ``layers`` with the smallest draws: a uniform random subset."""
+    return sorted(layers, key=lambda i: (uniform(seed, step, i), i))[:count]
+
+
+def _fixed_plus(num_layers: int, fixed: set, kept: Iterable[int], prob: float,
+                scaling: str) -> LayerMask:
+    """Fixed layers (scale 1) plus ``kept`` (scale 1, or 1/prob with inverse scaling)."""
+    kept = set(kept)
     branch = 1.0 / prob if scaling == "inverse_keep_prob" and prob > 0 else 1.0
     active = tuple(i in fixed or i in kept for i in range(num_layers))
     scale = tuple(0.0 if not on else (1.0 if i in fixed else branch)
@@ -148,18 +158,11 @@ def sample_balanced(seed: int, step: int, stage: Stage, parts: Sequence[int], *,
     num_layers, fixed = stage.num_layers, set(stage.fixed)
     if stage.is_full:
         return LayerMask.full(num_layers)
-    counts = balanced_counts(seed, step, stage, parts)
-    kept = set()
-    for lo, hi, count in zip(parts, parts[1:], counts):
+    kept = []
+    for lo, hi, count in zip(parts, parts[1:], balanced_counts(seed, step, stage, parts)):
         others = [i for i in range(lo, hi) if i not in fixed]
-        need = count - (hi - lo - len(others))
-        kept.update(sorted(others, key=lambda i: (uniform(seed, step, i), i))[:need])
-    prob = stage.keep_prob
-    branch = 1.0 / prob if scaling == "inverse_keep_prob" and prob > 0 else 1.0
-    active = tuple(i in fixed or i in kept for i in range(num_layers))
-    scale = tuple(0.0 if not on else (1.0 if i in fixed else branch)
-                  for i, on in enumerate(active))
-    return LayerMask(active, scale)
+        kept += _smallest(seed, step, others, count - (hi - lo - len(others)))
+    return _fixed_plus(num_layers, fixed, kept, stage.keep_prob, scaling)
 
 
 class SubnetworkSampler:

@@ -36,7 +36,7 @@ def _stage_modules(name, reference):
     """The pipeline's layers built on one process, with the reference model's weights."""
     from functools import partial
 
-    from megaraptr.models.pipe import layer_specs, reference_names
+    from megaraptr.models.pipe import layer_specs, reference_prefix
 
     specs, modules, tied = layer_specs(name, reference.cfg), [], None
     source = reference.state_dict()
@@ -44,7 +44,7 @@ def _stage_modules(name, reference):
         module = tied if (getattr(spec, "key", None) and tied is not None) else spec.build()
         if getattr(spec, "key", None):
             tied = module
-        prefix = reference_names(name, index, reference.cfg.num_layers)
+        prefix = reference_prefix(index, reference.cfg.num_layers)
         module.load_state_dict({k: source[prefix + k] for k in module.state_dict()})
         fn = getattr(spec, "forward_fn", None)
         modules.append(partial(fn, module) if fn else module)

@@ -71,7 +71,7 @@ def predicted(engine, mask) -> float:
 def run(args) -> dict:
     from megaraptr import pipeline
     from megaraptr.data import make_batches, resolve_data
-    from megaraptr.distributed import init_distributed
+    from megaraptr.distributed import device as accelerator_device, init_distributed
     from megaraptr.models import DATA_KIND, build_model
     from megaraptr.profile import measure_costs
 
@@ -86,7 +86,7 @@ def run(args) -> dict:
     total = stages * args.steps_per_stage
     probe = make_batches(data, seq_len=args.seq_len, seed=args.seed,
                          micro_batch_size=args.micro_batch, grad_accum=1)
-    device = torch.device(pipeline_device())
+    device = accelerator_device()
     costs = measure_costs(reference, probe.step_batches(1)[0], device=device,
                           dtype=torch.bfloat16 if args.bf16 else None)
     engines = {s: pipeline.initialize(args.model, reference.cfg, config=ds_config(args, s),
@@ -132,12 +132,6 @@ def run(args) -> dict:
             "predicted_ratio": sum(t["predicted_ratio"] * t["bernoulli_s"] for t in table)
             / sum(t["bernoulli_s"] for t in table), "steps": rows,
             "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu"}
-
-
-def pipeline_device() -> str:
-    from deepspeed.accelerator import get_accelerator
-
-    return get_accelerator().current_device_name()
 
 
 def report(result: dict) -> str:

@@ -153,19 +153,17 @@ def spec_bounds(layer_parts: Sequence[int], num_layers: int) -> List[int]:
     return [0] + [FIRST_BLOCK + b for b in parts[1:-1]] + [num_layers + EXTRA_SPECS]
 
 
-def reference_names(name: str, spec_index: int, num_layers: int) -> str:
+def reference_prefix(spec_index: int, num_layers: int) -> str:
     """The prefix of a spec's parameters in the reference (non-pipeline) model."""
-    if spec_index in (0, num_layers + FIRST_BLOCK + 1):
+    if spec_index in (0, num_layers + FIRST_BLOCK + 1):  # the tied embedding, both places
         return "tok_emb."
-    if spec_index == 1:
-        return ""
-    if spec_index == num_layers + FIRST_BLOCK:
-        return ""
-    return f"blocks.{spec_index - FIRST_BLOCK}."
+    if FIRST_BLOCK <= spec_index < num_layers + FIRST_BLOCK:
+        return f"blocks.{spec_index - FIRST_BLOCK}."
+    return ""  # Positions and Head keep the reference model's own attribute names
 
 
 @torch.no_grad()
-def copy_reference_weights(pipe_module: nn.Module, name: str, reference: nn.Module) -> None:
+def copy_reference_weights(pipe_module: nn.Module, reference: nn.Module) -> None:
     """Load a reference model's weights into the specs this pipeline stage holds."""
     source = reference.state_dict()
     num_layers = reference.cfg.num_layers
@@ -174,6 +172,6 @@ def copy_reference_weights(pipe_module: nn.Module, name: str, reference: nn.Modu
         module = getattr(layer, "func", None) and layer.args[0] or layer
         if not isinstance(module, nn.Module):
             continue
-        prefix = reference_names(name, start + offset, num_layers)
+        prefix = reference_prefix(start + offset, num_layers)
         for key, tensor in module.state_dict().items():
             tensor.copy_(source[prefix + key])
