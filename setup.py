@@ -22,7 +22,7 @@ setup(
     ],
     extras_require={"bench": ["matplotlib"], "hf": ["transformers"],
                     "test": ["pytest", "matplotlib", "transformers"]},
-    entry_points={"console_scripts": ["megaraptr-train=megaraptr.train:main",
-                                      "megaraptr-config=megaraptr.config_tool:main",
+    entry_points={"console_scripts": ["megaraptr-train=megaraptr.tools.train:main",
+                                      "megaraptr-config=megaraptr.tools.config:main",
                                       "megaraptr-bench-quality=megaraptr.bench.quality:main"]},
 )

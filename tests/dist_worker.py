@@ -21,11 +21,11 @@ import torch
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
-from megaraptr.consistency import subnetwork_key  # noqa: E402
+from megaraptr.core.mask import subnetwork_key  # noqa: E402
 from megaraptr.data import make_batches, resolve_data  # noqa: E402
-from megaraptr.distributed import init_distributed  # noqa: E402
 from megaraptr.errors import RankMismatchError  # noqa: E402
 from megaraptr.models import build_model, optimizer_groups  # noqa: E402
+from megaraptr.runtime.distributed import init_distributed  # noqa: E402
 
 STEPS = 32
 # ZeRO-3 with every parameter partitioned and released after use (the tiny model's tensors
@@ -193,8 +193,9 @@ def matrix(data) -> dict:
 
 def mismatch(data) -> dict:
     """Rank 1 has another raptr seed, under ZeRO-2 and then ZeRO-3."""
-    import megaraptr
     from deepspeed import comm as dist
+
+    import megaraptr
 
     results = {}
     for stage in (2, 3):
@@ -219,7 +220,7 @@ def fp16_overflow(data) -> dict:
     subsets) the loss scale is forced to 2**30, so the next calls overflow and DeepSpeed skips
     them. Records every call, and the digest the run's masks should have."""
     import megaraptr
-    from megaraptr.sampler import MaskDigest
+    from megaraptr.core.mask import MaskDigest
 
     results = {}
     for stage in (2, 3):

@@ -42,8 +42,8 @@ def main() -> None:
     import deepspeed
 
     import megaraptr
-    from megaraptr.distributed import init_distributed
     from megaraptr.models import build_model, optimizer_groups
+    from megaraptr.runtime.distributed import init_distributed
 
     init_distributed()
     results = {}
@@ -57,8 +57,8 @@ def main() -> None:
         model = build(name, size)
         total = config.get("scheduler", {}).get("params", {}).get("total_num_steps", 1000)
         if "pipeline" in path.stem:  # through the pipeline path, as one stage on one process
-            from megaraptr import pipeline
-            from megaraptr.balance import Costs
+            from megaraptr.planning.balance import Costs
+            from megaraptr.runtime.pipe import engine as pipeline
 
             engine = pipeline.initialize(name, model.cfg, config=str(path), num_stages=1,
                                          total_steps=total, seed=0, costs=Costs(layer=1.0),

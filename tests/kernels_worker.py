@@ -19,11 +19,12 @@ import torch
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 from dist_worker import layer_state, unchanged  # noqa: E402
+
 from megaraptr.data import make_batches, resolve_data  # noqa: E402
-from megaraptr.distributed import init_distributed  # noqa: E402
 from megaraptr.errors import ConfigError  # noqa: E402
 from megaraptr.kernels import dynamo_counts  # noqa: E402
 from megaraptr.models import build_model, optimizer_groups  # noqa: E402
+from megaraptr.runtime.distributed import init_distributed  # noqa: E402
 
 STEPS, SEQ = 16, 32
 # the scaled case's stages keep 1/4, 1/2, 3/4 and all of the middle layers: scales 4, 2, 4/3, 1

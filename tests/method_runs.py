@@ -1,6 +1,6 @@
 """Shared by the per-method tests: train a tiny model with a method, and resume it exactly.
 
-``train_and_resume(tmp, block)`` runs ``megaraptr.train`` (one process, ZeRO-2, fp32, tiny GPT
+``train_and_resume(tmp, block)`` runs ``megaraptr.tools.train`` (one process, ZeRO-2, fp32, tiny GPT
 on the built-in sample) for STEPS steps straight through, and again as STEPS/2 steps, exit,
 ``--load``, the rest; it returns both summaries.
 """

@@ -19,10 +19,10 @@ import torch
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 from dist_worker import SEQ, ZERO3  # noqa: E402
+
 from megaraptr.data import make_batches, resolve_data  # noqa: E402
-from megaraptr.distributed import init_distributed  # noqa: E402
 from megaraptr.models import build_model, optimizer_groups  # noqa: E402
-from megaraptr.policies import growth_plan  # noqa: E402
+from megaraptr.runtime.distributed import init_distributed  # noqa: E402
 
 STEPS = 12
 
@@ -66,11 +66,11 @@ def run_case(data, stage: int, dtype: str) -> dict:
     batches = make_batches(data, seq_len=SEQ, micro_batch_size=4, grad_accum=1, seed=5,
                            dp_rank=engine.data_parallel_rank, dp_size=engine.data_parallel_size)
     eval_set = batches.eval_batches(16, 4)
-    growths, grow = [], engine.grow
+    growths, copy = [], engine.copy_layers
 
-    def recording_grow(old, new):
-        grow(old, new)
-        for target, source in growth_plan(old, new):
+    def recording_copy(copies):
+        copy(copies)
+        for target, source in copies:
             pairs = list(zip(engine.blocks[source].parameters(),
                              engine.blocks[target].parameters()))
             masters = [(master(s), master(t)) for s, t in pairs]
@@ -81,7 +81,7 @@ def run_case(data, stage: int, dtype: str) -> dict:
                 "master_equal": None if masters[0][0] is None else
                 all(torch.equal(a, b) for a, b in masters)})
 
-    engine.grow = recording_grow
+    engine.copy_layers = recording_copy
     initial = engine.evaluate(eval_set)
     steps = []
     for step in range(1, STEPS + 1):

@@ -26,11 +26,11 @@ import torch
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
-from megaraptr.balance import Costs  # noqa: E402
-from megaraptr.consistency import subnetwork_key  # noqa: E402
+from megaraptr.core.mask import subnetwork_key  # noqa: E402
 from megaraptr.data import make_batches, resolve_data  # noqa: E402
-from megaraptr.distributed import init_distributed  # noqa: E402
 from megaraptr.models import build_model, model_config, optimizer_groups  # noqa: E402
+from megaraptr.planning.balance import Costs  # noqa: E402
+from megaraptr.runtime.distributed import init_distributed  # noqa: E402
 
 STEPS, SEQ, MICRO, GAS = 12, 32, 2, 4
 HEAVY_HEAD = Costs(layer=1.0, embedding=0.0, head=3.0)
@@ -73,7 +73,7 @@ def same_entry(a: dict, b: dict) -> bool:
 
 
 def run_pipe(data, case: str, out_dir: str) -> dict:
-    from megaraptr import optim_state, pipeline, repartition
+    from megaraptr.runtime.pipe import engine as pipeline, optim_state, repartition
 
     cfg = model_config("tiny", vocab_size=data.vocab_size, seq_len=SEQ)
     repartitions = case.startswith("repartition")
@@ -107,9 +107,8 @@ def run_pipe(data, case: str, out_dir: str) -> dict:
 
 def run_ref(data, case: str) -> dict:
     import megaraptr
-    from megaraptr import pipeline
-    from megaraptr.config import split_ds_config
-    from megaraptr.schedule import build_schedule
+    from megaraptr.methods import build_schedule, split_ds_config
+    from megaraptr.runtime.pipe import engine as pipeline
 
     model = reference_model(data.vocab_size)
     partitions = None

@@ -9,12 +9,14 @@ import time
 
 import pytest
 
-from megaraptr.balance import (Costs, best_partition, busiest_time, check_partition, imbalance,
-                               plan_partitions, predicted_step_time, quotas, stage_overheads,
-                               stage_times, uniform_partition)
-from megaraptr.config import CostSpec, parse_raptr_block
+from megaraptr.core.config import CostSpec
+from megaraptr.core.partition import check_partition, quotas, uniform_partition
+from megaraptr.core.stage import Stage
 from megaraptr.errors import ConfigError
-from megaraptr.schedule import Stage, build_schedule
+from megaraptr.methods import build_schedule, parse_raptr_block
+from megaraptr.planning.balance import (Costs, best_partition, busiest_time, imbalance,
+                                        plan_partitions, predicted_step_time, stage_overheads,
+                                        stage_times)
 
 
 def _stage(keep_prob, *, layers=12, fixed=(0, 11)):

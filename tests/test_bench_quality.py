@@ -6,8 +6,8 @@ import json
 import sys
 
 import pytest
-
 from conftest import run
+
 from megaraptr.bench.methods import lr_curve, lr_tied_fractions, raptr_depths, stacking_depths
 from megaraptr.bench.report import interpolate
 
@@ -90,8 +90,7 @@ def test_every_method_and_ablation_is_a_valid_block_changing_one_thing():
     from types import SimpleNamespace
 
     from megaraptr.bench.methods import ABLATIONS, METHODS
-    from megaraptr.config import parse_raptr_block
-    from megaraptr.schedule import build_schedule
+    from megaraptr.methods import build_schedule, parse_raptr_block
 
     args = SimpleNamespace(warmup=0.05)
     base = METHODS["raptr"](12, 3313)

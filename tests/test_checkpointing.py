@@ -11,9 +11,9 @@ import os
 import pytest
 import torch
 
-from megaraptr.layers import set_layer_mask
+from megaraptr.core.block import set_layer_mask
+from megaraptr.core.mask import LayerMask
 from megaraptr.models import build_model
-from megaraptr.sampler import LayerMask
 
 MASK = LayerMask((True, False, True, True), (1.0, 0.0, 2.0, 1.0))  # one skipped, one scaled
 

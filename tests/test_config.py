@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from megaraptr.config import (RaptrConfig, StageSpec, load_ds_config, parse_raptr_block,
-                              split_ds_config)
+from megaraptr.core.config import RaptrConfig, StageSpec, load_ds_config
 from megaraptr.errors import ConfigError, MegaraptrError
+from megaraptr.methods import parse_raptr_block, split_ds_config
 
 
 def _reject(block) -> str:

@@ -7,13 +7,14 @@ import json
 import sys
 
 import pytest
-
 from conftest import ROOT, run
-from megaraptr.config import split_ds_config
-from megaraptr.config_tool import check, main
+
 from megaraptr.errors import ConfigError
-from megaraptr.schedule import build_schedule
-from megaraptr.step_costs import REFERENCE, StepCosts, ideal_speedup, parse_costs, stage_rows
+from megaraptr.methods import build_schedule, split_ds_config
+from megaraptr.planning.step_costs import (REFERENCE, StepCosts, ideal_speedup, parse_costs,
+                                           stage_rows)
+from megaraptr.tools.config import main
+from megaraptr.tools.config_check import check
 
 CONFIGS = ROOT / "ds_configs"
 # (model, size, pipeline stages) each shipped config is written for
@@ -37,7 +38,7 @@ def _config(tmp_path, schedule="6-8-10-12", steps=1000, **raptr) -> str:
 
 
 def _tool(*args):
-    return run([sys.executable, "-m", "megaraptr.config_tool", *args], timeout=120, check=False)
+    return run([sys.executable, "-m", "megaraptr.tools.config", *args], timeout=120, check=False)
 
 
 def test_every_shipped_config_is_listed_and_validates():

@@ -7,9 +7,9 @@ runs where Triton is importable (here under ``TRITON_INTERPRET=1``); on a GPU th
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
-import importlib.util
 import random
 import sys
 import types
@@ -17,18 +17,16 @@ import types
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import ROOT, cpu_env, free_port, run
-from megaraptr.config import parse_raptr_block
+
+from megaraptr.core.block import set_layer_mask
+from megaraptr.core.mask import LayerMask
 from megaraptr.errors import ConfigError
-from megaraptr.kernels import (apply_kernels, compile_block, fused_optimizer, resolve_kernels,
-                               swap_layer_norms)
-from megaraptr.kernels import compile as kcompile
-from megaraptr.kernels import select
+from megaraptr.kernels import (apply_kernels, compile as kcompile, compile_block, fused_optimizer,
+                               resolve_kernels, select, swap_layer_norms)
 from megaraptr.kernels.residual import fallback_scaled_add, reference_scaled_add, residual_add
-from megaraptr.layers import set_layer_mask
+from megaraptr.methods import parse_raptr_block
 from megaraptr.models import BertMLM, ModelConfig, build_model
-from megaraptr.sampler import LayerMask
 
 MASK = LayerMask((True, False, True, True), (1.0, 0.0, 2.0, 1.0))  # one skipped, one scaled
 
@@ -232,7 +230,7 @@ def test_bad_kernels_settings_are_one_line_errors(monkeypatch):
 
 
 def test_training_refuses_compiled_under_zero3_before_building_anything(tmp_path, capsys):
-    from megaraptr.train import main
+    from megaraptr.tools.train import main
 
     config = {"train_micro_batch_size_per_gpu": 2, "zero_optimization": {"stage": 3},
               "raptr": {"enabled": True, "schedule": "2-3-4", "kernels": "compiled"}}

@@ -1,4 +1,4 @@
-"""Tests of megaraptr.layers: the model-side contract (layer ids, the one setter, skipping).
+"""Tests of megaraptr.core.block: the model-side contract (layer ids, the one setter, skipping).
 
 Pure: no DeepSpeed, no process group; toy modules only (the reference models are in
 test_models.py).
@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from megaraptr.layers import (find_blocks, is_block, mark_block, residual_scale, set_layer_mask,
-                              skippable)
-from megaraptr.sampler import LayerMask
+from megaraptr.core.block import (find_blocks, is_block, mark_block, residual_scale, set_layer_mask,
+                                  skippable)
+from megaraptr.core.mask import LayerMask
 
 
 class Toy(nn.Module):
@@ -190,8 +190,8 @@ def test_skippable_keeps_the_wrapped_name_and_doc():
 
 def test_the_core_does_not_import_deepspeed():
     # The pure core must load (and these tests run) without DeepSpeed or a process group.
-    code = ("import sys, megaraptr.config, megaraptr.schedule, megaraptr.sampler, "
-            "megaraptr.layers, megaraptr.models; "
+    code = ("import sys, megaraptr.core.config, megaraptr.core.schedule, megaraptr.core.sampler, "
+            "megaraptr.core.block, megaraptr.models; "
             "bad = [m for m in sys.modules if m.split('.')[0] == 'deepspeed']; "
             "import torch.distributed as dist; "
             "assert not bad and not dist.is_initialized(), bad")

@@ -3,11 +3,10 @@ every layer every step; a tiny run that resumes exactly and reports FLOPs 1."""
 from __future__ import annotations
 
 import pytest
-
-from megaraptr.config import parse_raptr_block
-from megaraptr.errors import ConfigError
-from megaraptr.schedule import build_schedule
 from method_runs import assert_exact_resume, train_and_resume
+
+from megaraptr.errors import ConfigError
+from megaraptr.methods import build_schedule, parse_raptr_block
 
 
 @pytest.mark.parametrize("block", [{"enabled": False}, {"enabled": True, "method": "full"}])

@@ -3,12 +3,11 @@ drop; a tiny run that resumes exactly and reports its FLOPs."""
 from __future__ import annotations
 
 import pytest
-
-from megaraptr.config import parse_raptr_block
-from megaraptr.errors import ConfigError
-from megaraptr.sampler import SubnetworkSampler
-from megaraptr.schedule import build_schedule
 from method_runs import STEPS, assert_exact_resume, train_and_resume
+
+from megaraptr.core.sampler import SubnetworkSampler
+from megaraptr.errors import ConfigError
+from megaraptr.methods import build_schedule, parse_raptr_block
 
 
 def build(block=None, layers=12, steps=1000):

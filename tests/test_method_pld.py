@@ -5,13 +5,12 @@ from __future__ import annotations
 import math
 
 import pytest
-
-from megaraptr.config import parse_raptr_block
-from megaraptr.errors import ConfigError
-from megaraptr.policies import pld_layer_probs, pld_layer_sum, pld_theta
-from megaraptr.sampler import SubnetworkSampler
-from megaraptr.schedule import build_schedule
 from method_runs import STEPS, assert_exact_resume, train_and_resume
+
+from megaraptr.core.sampler import SubnetworkSampler
+from megaraptr.errors import ConfigError
+from megaraptr.methods import build_schedule, parse_raptr_block
+from megaraptr.methods.pld import pld_layer_probs, pld_layer_sum, pld_theta
 
 
 def build(block=None, layers=12, steps=1000):
@@ -22,7 +21,7 @@ def build(block=None, layers=12, steps=1000):
 def test_paper_defaults():
     config = parse_raptr_block({"enabled": True, "method": "pld"})
     schedule = build(steps=10)
-    assert schedule.pld == (0.5, 0.001)
+    assert (schedule.policy.theta_bar, schedule.policy.gamma) == (0.5, 0.001)
     assert config.effective_scaling == schedule.scaling == "inverse_keep_prob"
     assert config.effective_fixed_layers == [] and schedule.stages[-1].fixed == ()
 

@@ -6,14 +6,13 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import ROOT, cpu_env, torchrun
-from megaraptr.config import parse_raptr_block
-from megaraptr.errors import ConfigError
-from megaraptr.policies import growth_plan
-from megaraptr.sampler import SubnetworkSampler
-from megaraptr.schedule import build_schedule
 from method_runs import STEPS, assert_exact_resume, train_and_resume
+
+from megaraptr.core.sampler import SubnetworkSampler
+from megaraptr.errors import ConfigError
+from megaraptr.methods import build_schedule, parse_raptr_block
+from megaraptr.methods.stacking import growth_plan
 
 
 def build(block=None, layers=12, steps=900):
@@ -47,7 +46,7 @@ def test_stages_train_the_first_k_layers_and_only_they_exist():
 def test_evaluation_skips_layers_that_do_not_exist_yet():
     import torch
 
-    from megaraptr.layers import find_blocks, set_layer_mask
+    from megaraptr.core.block import find_blocks, set_layer_mask
     from megaraptr.models import build_model
 
     model = build_model("gpt", "tiny", vocab_size=64, seq_len=8).eval()

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from megaraptr.layers import find_blocks, set_layer_mask
-from megaraptr.models import (DATA_KIND, MODELS, SIZES, BertMLM, Block, GPTLM, build_model,
+from megaraptr.core.block import find_blocks, set_layer_mask
+from megaraptr.core.mask import LayerMask
+from megaraptr.models import (DATA_KIND, GPTLM, MODELS, SIZES, BertMLM, Block, build_model,
                               model_config, num_layers)
-from megaraptr.sampler import LayerMask
 
 VOCAB, SEQ, BATCH = 500, 32, 2
 NAMES = ["bert", "gpt"]

@@ -21,11 +21,12 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 pytest.importorskip("transformers")
 
 from conftest import ROOT, cpu_env, torchrun  # noqa: E402
+
+from megaraptr.core.block import find_blocks, set_layer_mask  # noqa: E402
+from megaraptr.core.mask import LayerMask  # noqa: E402
 from megaraptr.errors import ConfigError  # noqa: E402
-from megaraptr.layers import find_blocks, set_layer_mask  # noqa: E402
-from megaraptr.models.hf import (STACKS, adapt, build_hf_model, causal_inputs, find_stack,  # noqa: E402
-                                 hf_config, hf_model)
-from megaraptr.sampler import LayerMask  # noqa: E402
+from megaraptr.models.hf import (STACKS, adapt, build_hf_model, causal_inputs,  # noqa: E402
+                                 find_stack, hf_config, hf_model)
 
 NAMES = ("bert", "gpt2", "llama")
 VOCAB, SEQ = 97, 16
@@ -263,7 +264,7 @@ def test_config_path_and_sizes(tmp_path):
      '--activation-checkpointing: "deepspeed" is not supported'),
 ])
 def test_bad_model_flags_exit_2_with_one_line(capsys, extra, message):
-    from megaraptr.train import main
+    from megaraptr.tools.train import main
 
     code = main(["--deepspeed_config", str(ROOT / "ds_configs" / "tiny_raptr_cpu.json"),
                  "--train-steps", "10", *extra])

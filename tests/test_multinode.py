@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, cpu_env, free_port
 
 STEPS = 10
@@ -43,9 +42,9 @@ def _env(tmp: Path, **extra) -> dict:
 
 
 def _expected_digest() -> str:
-    from megaraptr.config import split_ds_config
-    from megaraptr.sampler import MaskDigest, SubnetworkSampler
-    from megaraptr.schedule import build_schedule
+    from megaraptr.core.mask import MaskDigest
+    from megaraptr.core.sampler import SubnetworkSampler
+    from megaraptr.methods import build_schedule, split_ds_config
 
     raptr, _ = split_ds_config(str(ROOT / "ds_configs" / "tiny_raptr_cpu.json"))
     schedule = build_schedule(raptr, num_layers=4, total_steps=STEPS)

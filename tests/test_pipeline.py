@@ -1,4 +1,4 @@
-"""The pipeline path: DeepSpeed PipelineModule + train_batch under RAPTR (megaraptr.pipeline).
+"""The pipeline path: DeepSpeed PipelineModule + train_batch under RAPTR (megaraptr.runtime.pipe.engine).
 
 Single-process tests check the layer specs against the reference models and the one-line
 errors. The distributed tests (tests/pipeline_worker.py) train the tiny GPT as a 2-stage
@@ -23,7 +23,6 @@ import json
 
 import pytest
 import torch
-
 from conftest import ROOT, cpu_env, torchrun
 
 WORKER = str(ROOT / "tests" / "pipeline_worker.py")
@@ -53,10 +52,10 @@ def _stage_modules(name, reference):
 
 @pytest.mark.parametrize("name", ["gpt", "bert"])
 def test_pipeline_layers_compute_exactly_the_reference_model(name):
-    from megaraptr.layers import find_blocks, set_layer_mask
+    from megaraptr.core.block import find_blocks, set_layer_mask
+    from megaraptr.core.mask import LayerMask
     from megaraptr.models import build_model
     from megaraptr.models.pipe import loss_fn
-    from megaraptr.sampler import LayerMask
 
     torch.manual_seed(0)
     reference = build_model(name, "tiny", vocab_size=512, seq_len=16)
@@ -80,7 +79,7 @@ def test_pipeline_layers_compute_exactly_the_reference_model(name):
 def test_pipeline_errors_are_one_line():
     from megaraptr.errors import ConfigError
     from megaraptr.models.pipe import spec_bounds
-    from megaraptr.pipeline import check_pipeline
+    from megaraptr.runtime.pipe.engine import check_pipeline
 
     with pytest.raises(ConfigError, match="allowed: 0 or 1"):
         check_pipeline(2, 4, {"zero_optimization": {"stage": 2}})
@@ -88,7 +87,7 @@ def test_pipeline_errors_are_one_line():
         check_pipeline(5, 4, {})
     with pytest.raises(ConfigError, match="^fp16.enabled: fp16 with --pipeline-stages"):
         check_pipeline(2, 4, {"fp16": {"enabled": True}})
-    from megaraptr.config import parse_raptr_block
+    from megaraptr.methods import parse_raptr_block
 
     stacking = parse_raptr_block({"enabled": True, "method": "stacking", "schedule": "2-4"})
     with pytest.raises(ConfigError, match='^raptr.method: "stacking" is not supported'):

@@ -12,10 +12,11 @@ from collections import Counter
 
 import pytest
 
-from megaraptr.config import parse_raptr_block
-from megaraptr.sampler import (LayerMask, MaskDigest, SubnetworkSampler, balanced_counts,
-                               sample_balanced, sample_mask, uniform)
-from megaraptr.schedule import Stage, build_schedule
+from megaraptr.core.mask import LayerMask, MaskDigest
+from megaraptr.core.sampler import (SubnetworkSampler, balanced_counts, sample_balanced,
+                                    sample_mask, uniform)
+from megaraptr.core.stage import Stage
+from megaraptr.methods import build_schedule, parse_raptr_block
 
 
 def _schedule(block, *, layers=12, steps=100):
@@ -343,7 +344,7 @@ PIPELINE_PROBS = [(d - 2) / 46 for d in (24, 32, 40, 48)]
 def test_balanced_marginals_and_stage_counts(layers, stages, p):
     # 40,000 draws: the binomial sigma is at most 0.0025, so 0.01 is 4 sigma (10,000 draws
     # would make 0.01 2 sigma, which some of 46 correct layers exceed by chance).
-    from megaraptr.balance import quotas, uniform_partition
+    from megaraptr.core.partition import quotas, uniform_partition
 
     n, parts = 40_000 if p < 1 else 100, uniform_partition(layers, stages)
     stage = _stage(p, layers=layers, fixed=(0, layers - 1))
@@ -362,7 +363,7 @@ def test_balanced_marginals_and_stage_counts(layers, stages, p):
 
 
 def test_balanced_counts_follow_the_quotas_on_an_uneven_partition():
-    from megaraptr.balance import quotas
+    from megaraptr.core.partition import quotas
 
     stage, parts = _stage(0.4, layers=12, fixed=(0, 11)), (0, 2, 7, 12)
     q = quotas(stage, parts)  # 1.4, 2.0, 2.6

@@ -6,9 +6,10 @@ import random
 
 import pytest
 
-from megaraptr.config import parse_raptr_block
+from megaraptr.core.schedule import Schedule, full_schedule, resolve_fixed_layers
+from megaraptr.core.stage import Stage
 from megaraptr.errors import ConfigError
-from megaraptr.schedule import Schedule, Stage, build_schedule, full_schedule, resolve_fixed_layers
+from megaraptr.methods import build_schedule, parse_raptr_block
 
 
 def _build(block, *, layers=12, steps=100) -> Schedule:

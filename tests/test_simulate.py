@@ -1,4 +1,4 @@
-"""Tests of the pipeline simulator (megaraptr.simulate, megaraptr.simulate_cli).
+"""Tests of the pipeline simulator (megaraptr.planning.simulate, megaraptr.tools.simulate).
 
 Pure: numpy only, no DeepSpeed, no torch. The 1F1B examples are worked by hand in comments.
 """
@@ -10,11 +10,11 @@ import time
 import numpy as np
 import pytest
 
-from megaraptr.balance import Costs
-from megaraptr.sampler import SubnetworkSampler
-from megaraptr.simulate import (active_layers, draws, make_schedule, pipeline_order,
-                                simulate, simulate_1f1b, stage_counts)
-from megaraptr.simulate_cli import main
+from megaraptr.core.sampler import SubnetworkSampler
+from megaraptr.planning.balance import Costs
+from megaraptr.planning.simulate import (active_layers, draws, make_schedule, pipeline_order,
+                                         simulate, simulate_1f1b, stage_counts)
+from megaraptr.tools.simulate import main
 
 
 def test_pipeline_order_is_1f1b():

@@ -3,9 +3,9 @@ changes the updates from the first step of the second stage on, and only from th
 from __future__ import annotations
 
 import pytest
-
-from megaraptr.policies import rewarm_multiplier
 from method_runs import train, write_config
+
+from megaraptr.core.schedule import rewarm_multiplier
 
 
 def test_factor_ramps_after_each_stage_transition():

@@ -1,4 +1,4 @@
-"""``megaraptr.train --pipeline-stages 2`` end to end on CPU (2 processes, tiny GPT).
+"""``megaraptr.tools.train --pipeline-stages 2`` end to end on CPU (2 processes, tiny GPT).
 
 - a run straight through equals ``--exit-at-step 4`` then ``--load`` (final eval loss, eval
   history, subnetwork digest, layer FLOPs): the plan moves a layer at step 6, so the resumed
@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT, cpu_env, run, torchrun
 
 STEPS = 16

@@ -1,6 +1,6 @@
 """Tests of UL2's mixture of denoisers (megaraptr.data.ul2): mixing proportions, span statistics,
 exact reconstruction, labels, determinism, the S-denoiser's split, the UL2 tokens, bad input,
-and one short ``megaraptr.train --objective ul2`` run. Real data: the built-in sample.
+and one short ``megaraptr.tools.train --objective ul2`` run. Real data: the built-in sample.
 """
 
 from __future__ import annotations
@@ -11,12 +11,11 @@ from collections import Counter
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, run
+
 from megaraptr.data.batches import CausalBatches
 from megaraptr.data.tokenizer import load_tokenizer
-from megaraptr.data.ul2 import (Denoiser, UL2Batches, UL2Collator, add_ul2_tokens,
-                                paper_mixture)
+from megaraptr.data.ul2 import Denoiser, UL2Batches, UL2Collator, add_ul2_tokens, paper_mixture
 from megaraptr.errors import ConfigError
 
 SPAN_KINDS = ["R", "R", "X", "X", "X", "X"]
@@ -184,7 +183,7 @@ def test_bad_settings_are_config_errors(causal, capsys):
         Denoiser("S", 0.25, 8)
     with pytest.raises(ConfigError, match="positive weight"):
         UL2Collator(causal.vocab_size, 64, [Denoiser("R", 0.15, 3, 0.0)])
-    from megaraptr.train import main
+    from megaraptr.tools.train import main
 
     config = str(ROOT / "ds_configs" / "tiny_raptr_cpu.json")
     for extra, message in [(["--model", "bert", "--objective", "ul2"], "--objective: ul2 "),

@@ -25,7 +25,12 @@ from typing import List, Optional
 
 import torch
 
-from megaraptr.bench.timing import fit_line
+import megaraptr
+from megaraptr.data import make_batches, resolve_data
+from megaraptr.kernels import dynamo_counts
+from megaraptr.models import DATA_KIND, build_model, num_layers, optimizer_groups
+from megaraptr.planning.step_profile import fit_line, release
+from megaraptr.runtime.distributed import init_distributed
 
 SHAPES = {"tiny": (8, 64), "mini": (8, 128), "base": (64, 512), "medium": (16, 1024)}
 
@@ -58,9 +63,6 @@ def ds_config(args, raptr: dict) -> dict:
 
 def train(args, name: str, raptr: dict, batches: List[dict], steps: int, vocab: int) -> dict:
     """One run of ``steps`` steps; returns its timings, layers, losses and kernels."""
-    import megaraptr
-    from megaraptr.kernels import dynamo_counts
-    from megaraptr.models import build_model, optimizer_groups
 
     torch.manual_seed(args.seed)
     model = build_model(args.model, args.size, vocab_size=vocab, seq_len=args.seq_len)
@@ -88,7 +90,6 @@ def train(args, name: str, raptr: dict, batches: List[dict], steps: int, vocab: 
            "final_loss_mean20": statistics.fmean(losses[-20:])}
     engine.ds.destroy()
     del engine, model
-    from megaraptr.bench.timing import release
     release(torch.device(args.device))
     return out
 
@@ -106,9 +107,6 @@ def run(args, deadline: Optional[float] = None) -> dict:
 
     With a ``deadline`` (Unix time), the warm-up's step time decides whether ``args.steps``
     fit before it; if not, both runs train fewer (equal) steps, noted as ``steps_reduced``."""
-    from megaraptr.data import make_batches, resolve_data
-    from megaraptr.distributed import init_distributed
-    from megaraptr.models import DATA_KIND, num_layers
 
     data = resolve_data(args.data, kind=DATA_KIND[args.model], vocab_size=8192)
     init_distributed()

@@ -31,6 +31,9 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
+from megaraptr.bench import e2e, kernel_check, step_time
+from megaraptr.bench.gpu_report import summarize, table
+
 PARTS = ("bert", "e2e", "gpt")
 # per part: at most this many seconds; and the seconds kept for it while earlier parts run
 CAPS = {"bert": (150, 60), "e2e": (110, 80), "gpt": (600, 30)}
@@ -80,7 +83,6 @@ def step_time_argv(args, part: str) -> List[str]:
 
 def run_step_time_part(args, part: str, deadline: float) -> None:
     """Worker: (bert) the kernel check, then the step-time paths; JSON after each path."""
-    from megaraptr.bench import kernel_check, step_time
 
     out = Path(args.out) / f"{part}.json"
     extra = {"kernel_check": kernel_check.check("cpu" if args.dry_run else "cuda")} \
@@ -116,7 +118,6 @@ def best_zero_stage(out: Path) -> int:
 
 
 def run_e2e_part(args, deadline: float) -> None:
-    from megaraptr.bench import e2e
 
     preset = DRY if args.dry_run else GPU
     argv = ["--model", "bert", "--size", preset["bert"]["size"], "--steps",
@@ -162,7 +163,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         else:
             run_step_time_part(args, args.part, deadline - 3)
         return 0
-    from megaraptr.bench.gpu_report import summarize, table
 
     parts = [p for p in args.parts.split(",") if p]
     status = {}

@@ -26,6 +26,8 @@ import zlib
 from pathlib import Path
 from typing import List, Optional
 
+from megaraptr.data import prepare
+
 DEFAULT_OUT = ".gpudata"
 PARTS = {"bert-mlm": ("mlm", 30522), "gpt-causal": ("causal", 50304)}
 
@@ -59,7 +61,6 @@ def write_slice(train: Path, out: Path, megabytes: float) -> dict:
 def build(corpus: Path, out: Path, megabytes: dict) -> dict:
     """Prepare every part under ``out``; returns a manifest (also written to
     ``out/manifest.json``)."""
-    from megaraptr.data import prepare
 
     out.mkdir(parents=True, exist_ok=True)
     manifest = {"corpus": str(corpus), "parts": {}}

@@ -13,6 +13,9 @@ from typing import Callable
 
 import torch
 
+from megaraptr.kernels.residual import (reference_scaled_add, residual_add, triton_available,
+                                        triton_scaled_add)
+
 
 def _median_ms(fn: Callable, repeats: int = 20) -> float:
     times = []
@@ -35,7 +38,6 @@ def _max_error(out: torch.Tensor, ref: torch.Tensor, bound: torch.Tensor) -> dic
 def check(device: str, shape=(64 * 512, 768), scale: float = 4 / 3) -> dict:
     """Check and time the Triton kernel on CUDA; returns a JSON-able dict with ``ok`` (None
     where it could not run)."""
-    from megaraptr.kernels.residual import triton_available
 
     if device != "cuda" or not torch.cuda.is_available():
         return {"ok": None, "skipped": "no CUDA device (the Triton kernel runs on CUDA)"}
@@ -47,7 +49,6 @@ def check(device: str, shape=(64 * 512, 768), scale: float = 4 / 3) -> dict:
 def compare(device: torch.device, shape, scale: float, *, timed: bool) -> dict:
     """The checks of :func:`check` on ``device`` (CPU works under ``TRITON_INTERPRET=1``;
     the dispatch check and the timings need CUDA)."""
-    from megaraptr.kernels.residual import reference_scaled_add, residual_add, triton_scaled_add
 
     result, ok = {"shape": list(shape), "scale": scale}, True
     s = torch.tensor(scale, device=device)

@@ -25,8 +25,8 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Dict, List
 
-from megaraptr.config import parse_raptr_block
-from megaraptr.schedule import build_schedule
+from megaraptr.methods import build_schedule, parse_raptr_block
+from megaraptr.models import SIZES
 
 
 def raptr_depths(num_layers: int) -> List[int]:
@@ -171,7 +171,6 @@ def ds_config(args, steps: int, raptr: dict, job_name: str) -> dict:
 
 def model_shape(args) -> tuple[int, int]:
     """(layers, non-embedding parameters) of the benchmark model."""
-    from megaraptr.models import SIZES
 
     s = SIZES[args.size]
     h, f = s["hidden"], s["ffn"]

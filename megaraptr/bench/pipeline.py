@@ -8,7 +8,7 @@ one ``balanced``, and trains them through the same schedule, alternating step by
 alternates) so that machine noise hits both alike. Each step is timed around ``train_batch`` (synchronised on
 GPU); the first ``--warmup`` steps of each schedule stage are not counted. For every timed step
 it also predicts the step time from the cost model and the step's actual mask with the 1F1B
-simulator (:func:`megaraptr.simulate.simulate_1f1b`), so the table shows measured against
+simulator (:func:`megaraptr.planning.simulate.simulate_1f1b`), so the table shows measured against
 predicted ratios per schedule stage. The full-model stage runs the same work under both
 samplers: its ratio is the noise floor. Rank 0 prints the table last and writes ``--out``.
 """
@@ -22,8 +22,15 @@ import time
 import numpy as np
 import torch
 
-from megaraptr.argparsing import OneLineParser
+from megaraptr.data import make_batches, resolve_data
 from megaraptr.errors import MegaraptrError
+from megaraptr.models import DATA_KIND, build_model
+from megaraptr.planning.balance import stage_times
+from megaraptr.planning.profiling import measure_costs
+from megaraptr.planning.simulate import simulate_1f1b
+from megaraptr.runtime.distributed import device as accelerator_device, init_distributed
+from megaraptr.runtime.pipe import engine as pipeline
+from megaraptr.tools.argparsing import OneLineParser
 
 
 def parse(argv=None):
@@ -59,8 +66,6 @@ def ds_config(args, sampling: str) -> dict:
 
 
 def predicted(engine, mask) -> float:
-    from megaraptr.balance import stage_times
-    from megaraptr.simulate import simulate_1f1b
 
     parts = engine.layer_parts
     counts = [sum(mask.active[a:b]) for a, b in zip(parts[:-1], parts[1:])]
@@ -69,11 +74,6 @@ def predicted(engine, mask) -> float:
 
 
 def run(args) -> dict:
-    from megaraptr import pipeline
-    from megaraptr.data import make_batches, resolve_data
-    from megaraptr.distributed import device as accelerator_device, init_distributed
-    from megaraptr.models import DATA_KIND, build_model
-    from megaraptr.profile import measure_costs
 
     data = resolve_data(args.data, kind=DATA_KIND[args.model], vocab_size=args.vocab_size)
     init_distributed()

@@ -5,7 +5,7 @@
         --methods full,full-matched,raptr,pld,layerdrop,stacking [--ablations] --parallel 2
 
 For every horizon h (tokens per non-embedding parameter) and every method it trains the same
-model with ``megaraptr.train`` (same seed, same data order, AdamW with warmup + cosine decay over
+model with ``megaraptr.tools.train`` (same seed, same data order, AdamW with warmup + cosine decay over
 the run), evaluates the full model on held-out text at ``--evals`` points, and writes:
 
 - ``OUT/h{h}/{method}/``: the run's ds_config, log, summary and checkpoints;
@@ -32,9 +32,14 @@ import time
 from dataclasses import dataclass
 from typing import List, Optional
 
-from megaraptr.argparsing import OneLineParser
 from megaraptr.bench.methods import ABLATIONS, METHODS, Run, plan_runs
+from megaraptr.bench.report import write_report
+from megaraptr.data import resolve_data
+from megaraptr.data.cache import prepare_cached
+from megaraptr.data.resolve import SAMPLE_DIR
 from megaraptr.errors import ConfigError, MegaraptrError
+from megaraptr.models import DATA_KIND, MODELS, SIZES
+from megaraptr.tools.argparsing import OneLineParser
 
 PROG = "megaraptr-bench-quality"
 
@@ -54,7 +59,6 @@ def _names(text: str) -> List[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from megaraptr.models import MODELS, SIZES
 
     p = OneLineParser(prog=PROG, description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, metavar="DIR", help="sweep folder (resumable)")
@@ -113,15 +117,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def prepared_data_path(args) -> str:
     """Prepare (or find in the cache) the data once, so every run reads the same shards."""
-    from megaraptr.data import resolve_data
-    from megaraptr.data.cache import prepare_cached
-    from megaraptr.models import DATA_KIND
 
     kind = DATA_KIND[args.model]
     if args.eval_data is None:
         data = resolve_data(args.data, kind=kind, vocab_size=args.vocab_size)
     else:
-        from megaraptr.data.resolve import SAMPLE_DIR
 
         data = prepare_cached(args.data or SAMPLE_DIR, kind=kind, vocab_size=args.vocab_size,
                               val_inputs=args.eval_data)
@@ -217,7 +217,6 @@ def main(argv=None) -> int:
         data = prepared_data_path(args)
         runs = plan_runs(args, data)
         failed = [] if args.report_only else train_all(runs, data, args)
-        from megaraptr.bench.report import write_report
 
         path = write_report(runs, args)
     except MegaraptrError as err:

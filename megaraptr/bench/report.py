@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from megaraptr.bench.methods import model_shape
+
 Curve = List[Tuple[float, float]]
 
 
@@ -108,7 +110,6 @@ def plot(rows: List[dict], title: str, path: str) -> None:
 
 def write_report(runs: Sequence, args) -> str:
     """Write ``OUT/report.md`` and one ``quality_h{h}.png`` per horizon; returns the report."""
-    from megaraptr.bench.methods import model_shape
 
     summaries = {r.label: r.summary() for r in runs if r.finished()}
     L, params = model_shape(args)

@@ -31,8 +31,17 @@ import platform
 import sys
 from typing import Callable, Dict, List, Optional
 
-from megaraptr.argparsing import OneLineParser, int_list
+from megaraptr.bench import timing
+from megaraptr.bench.timing import ds_config
+from megaraptr.data import make_batches, resolve_data
 from megaraptr.errors import ConfigError, MegaraptrError
+from megaraptr.kernels import check_mode
+from megaraptr.methods import build_schedule, split_ds_config
+from megaraptr.models import DATA_KIND, MODELS, SIZES, num_layers
+from megaraptr.planning import step_profile
+from megaraptr.planning.step_profile import Plan, device_name
+from megaraptr.runtime.distributed import init_distributed
+from megaraptr.tools.argparsing import OneLineParser, int_list
 
 PROG = "megaraptr-bench-step-time"
 # (micro batch, seq len) per size: base/medium as in docs/gpu.md, tiny/mini CPU-friendly.
@@ -41,7 +50,6 @@ SHAPES = {"tiny": (8, 128), "mini": (8, 128), "base": (64, 512), "medium": (16, 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from megaraptr.models import MODELS, SIZES
 
     p = OneLineParser(prog=PROG, description=__doc__.split("\n")[0])
     p.add_argument("--model", choices=sorted(MODELS), default="bert")
@@ -59,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--micro-batch", type=int, default=None, help="sequences per rank and step")
     p.add_argument("--seq-len", type=int, default=None)
     p.add_argument("--skipped-layers", choices=["freeze", "momentum"], default="freeze")
-    p.add_argument("--data", default=None, help="as megaraptr.train (default: built-in sample)")
+    p.add_argument("--data", default=None, help="as megaraptr.tools.train (default: built-in sample)")
     p.add_argument("--vocab-size", type=int, default=8192)
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--out", default=None, metavar="FILE.json")
@@ -79,11 +87,6 @@ def parse(argv: Optional[List[str]] = None):
     Raises:
         ConfigError: any bad input, before anything is built.
     """
-    from megaraptr.bench.timing import Plan, ds_config
-    from megaraptr.config import split_ds_config
-    from megaraptr.kernels import check_mode
-    from megaraptr.models import num_layers
-    from megaraptr.schedule import build_schedule
 
     args = build_parser().parse_args(argv)
     L = num_layers(args.size)
@@ -137,20 +140,6 @@ def parse(argv: Optional[List[str]] = None):
         raptr, _ = split_ds_config(ds_config(plan, stage))
         build_schedule(raptr, num_layers=L, total_steps=plan.total_steps)
     return args, plan
-
-
-def device_name(device: str) -> str:
-    import torch
-
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next(line.split(":", 1)[1].strip() for line in f
-                         if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = platform.processor() or "unknown"
-    return f"cpu: {model} ({os.cpu_count()} cores)"
 
 
 def path_name(name: str, kernels: str) -> str:
@@ -238,9 +227,6 @@ def run(args, plan, on_path: Optional[Callable[[dict], None]] = None,
     """
     from dataclasses import replace
 
-    from megaraptr.bench import timing
-    from megaraptr.data import make_batches, resolve_data
-    from megaraptr.models import DATA_KIND
 
     data = resolve_data(args.data, kind=DATA_KIND[args.model], vocab_size=args.vocab_size,
                         needed_by=f"--model {args.model}")
@@ -248,7 +234,6 @@ def run(args, plan, on_path: Optional[Callable[[dict], None]] = None,
     import torch
     from deepspeed import comm as dist
 
-    from megaraptr.distributed import init_distributed
 
     init_distributed()
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -286,18 +271,18 @@ def run(args, plan, on_path: Optional[Callable[[dict], None]] = None,
         dist.barrier()
         try:
             if stage is None:
-                raw = timing.run_plain(mode_plan, batches, data.vocab_size, device)
+                raw = step_profile.run_plain(mode_plan, batches, data.vocab_size, device)
             else:
                 raw = timing.run_deepspeed(mode_plan, stage, batches, data.vocab_size, device)
         except Exception as err:  # ConfigError: e.g. a stage or kernels refused there
             if not (isinstance(err, ConfigError) or record_errors):
                 raise
-            timing.release(device)
+            step_profile.release(device)
             message = str(err).strip().splitlines()[0] if str(err).strip() else ""
             paths[name] = dict(head, error=message if isinstance(err, ConfigError) else
                                f"failed: {type(err).__name__}: {message}"[:300])
             continue
-        entry = dict(timing.summarize(raw, plan.num_layers), **head)
+        entry = dict(step_profile.summarize(raw, plan.num_layers), **head)
         if stage is not None:
             entry["ds_config"] = timing.ds_config(mode_plan, stage)
             for k, row in entry["per_k"].items():

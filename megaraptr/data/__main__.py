@@ -9,6 +9,7 @@ import argparse
 import sys
 import time
 
+from megaraptr.data import load_prepared, prepare
 from megaraptr.errors import MegaraptrError
 
 PROG = "python -m megaraptr.data"
@@ -66,7 +67,6 @@ def main(argv: list[str] | None = None) -> int:
     """
     args = _parser().parse_args(argv)
     try:
-        from megaraptr.data import load_prepared, prepare
 
         if args.command == "info":
             print(_describe(load_prepared(args.dir)))

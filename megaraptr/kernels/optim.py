@@ -12,7 +12,7 @@ implementation open (no ``"fused"``, ``"foreach"`` or ``"torch_adam": false``) b
 An explicit ``"torch_adam": false`` keeps DeepSpeed's own FusedAdam (a JIT-built CUDA op; on
 H100/H200 set ``TORCH_CUDA_ARCH_LIST=9.0``). All three keep ``"skipped_layers": "freeze"``
 cheap: each steps only the parameter groups it is given, and megaraptr's FrozenLayers hands
-it the groups of the layers that ran (:mod:`megaraptr.zero`).
+it the groups of the layers that ran (:mod:`megaraptr.runtime.zero.groups`).
 """
 from __future__ import annotations
 

@@ -24,6 +24,9 @@ from dataclasses import asdict, dataclass
 from typing import Optional
 
 from megaraptr.errors import ConfigError
+from megaraptr.kernels.compile import compile_backend
+from megaraptr.kernels.layernorm import apex_layer_norm
+from megaraptr.kernels.residual import triton_available as available
 
 MODES = ("eager", "fused", "compiled", "auto")
 KEY = "raptr.kernels"
@@ -63,13 +66,11 @@ def check_mode(value: str, key: str = KEY) -> str:
 
 
 def triton_available() -> bool:
-    from megaraptr.kernels.residual import triton_available as available
 
     return available()
 
 
 def apex_available() -> bool:
-    from megaraptr.kernels.layernorm import apex_layer_norm
 
     return apex_layer_norm() is not None
 
@@ -88,7 +89,6 @@ def resolve_kernels(requested: str, *, device: str, zero_stage: int = 0,
         ConfigError: an unknown mode, or "compiled" where it cannot run (ZeRO-3; CUDA without
             Triton).
     """
-    from megaraptr.kernels.compile import compile_backend
 
     check_mode(requested, key)
     cuda = device == "cuda"

@@ -1,4 +1,4 @@
-"""Pre-LayerNorm transformer blocks that follow the RAPTR layer contract (megaraptr.layers).
+"""Pre-LayerNorm transformer blocks that follow the RAPTR layer contract (megaraptr.core.block).
 
 ``x = x + s * Attn(LN(x)); x = x + s * MLP(LN(x))`` with ``scaled_dot_product_attention``;
 ``s`` is the block's residual scale (1 unless ``"scaling": "inverse_keep_prob"``). A skipped
@@ -19,8 +19,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 from torch import nn
 
+from megaraptr.core.block import mark_block, residual_scale, skippable
 from megaraptr.kernels.residual import residual_add
-from megaraptr.layers import mark_block, residual_scale, skippable
 
 CHECKPOINTING = ("none", "torch", "deepspeed")
 

@@ -1,7 +1,7 @@
 """Hugging Face transformers models under RAPTR, with their own parameter names.
 
 :func:`adapt` turns a transformers model into one that follows megaraptr's block contract
-(``megaraptr.layers``) in place: it finds the layer stack (BERT ``encoder.layer``, GPT-2 ``h``,
+(``megaraptr.core.block``) in place: it finds the layer stack (BERT ``encoder.layer``, GPT-2 ``h``,
 Llama ``layers``; other models: the one ``ModuleList`` of the classes named in
 ``_no_split_modules``), gives each layer its global id and patches the layer *instance's*
 ``forward`` so that a skipped layer returns its input and runs nothing. The model's own loop
@@ -35,8 +35,9 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
+from megaraptr.core.block import is_skipped, mark_block, residual_scale
 from megaraptr.errors import ConfigError
-from megaraptr.layers import is_skipped, mark_block, residual_scale
+from megaraptr.models import SIZES
 
 PREFIX = "hf:"
 NAMES = ("bert", "gpt2", "llama")
@@ -164,7 +165,6 @@ def causal_inputs(batch: dict) -> dict:
 def _shape_config(name: str, size: str, vocab_size: int, seq_len: int, dropout: float):
     from transformers import BertConfig, GPT2Config, LlamaConfig
 
-    from megaraptr.models import SIZES
 
     s = SIZES[size]
     if name == "bert":

@@ -1,0 +1,264 @@
+"""The "raptr" block of the DeepSpeed JSON: typed, unknown keys rejected, one-line errors.
+
+DeepSpeed ignores unknown top-level keys, so megaraptr validates its own block here, before
+any process group or model exists. This module is the schema (every key, its type, default
+and docstring; README's key table is generated from it). The checks of each method
+(:mod:`megaraptr.methods`) come on top, and those that need the model's depth or the run's
+length (a depth above the model's, a schedule that does not end at the full model) when the
+schedule is built (:func:`megaraptr.methods.build_schedule`), still before expensive work.
+
+Example::
+
+    "raptr": {"enabled": true, "schedule": "6-8-10-12", "sampling": "bernoulli",
+              "fixed_layers": [0, -1], "scaling": "none", "skipped_layers": "freeze"}
+
+``"method"`` picks what trains on each step (default ``"raptr"``); the comparison methods use
+the same engine: ``"full"``, ``"pld"`` (Progressive Layer Dropping, its ``"pld"`` block),
+``"layerdrop"`` (its ``"layerdrop"`` block) and ``"stacking"`` (gradual stacking: a
+``"schedule"`` of whole depths such as ``"6-9-12"``, and its ``"stacking"`` block).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any, List, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from megaraptr.errors import ConfigError
+
+_STRICT = ConfigDict(extra="forbid", strict=True, frozen=True, use_attribute_docstrings=True)
+_DEPTHS = re.compile(r"^\s*\d+(\.\d+)?(\s*-\s*\d+(\.\d+)?)*\s*$")
+
+
+class StageSpec(BaseModel):
+    """One stage of the schedule: how much of the model trains, and for how long."""
+
+    model_config = _STRICT
+
+    keep_prob: Optional[float] = Field(default=None, ge=0.0, le=1.0)
+    """Probability that each non-fixed layer runs on a step of this stage."""
+    layers: Optional[float] = Field(default=None, ge=0.0)
+    """Expected number of active layers (fixed layers included); a whole number for "exact"."""
+    steps: Optional[int] = Field(default=None, ge=1)
+    """Length of the stage in optimizer steps."""
+    fraction: Optional[float] = Field(default=None, gt=0.0, le=1.0)
+    """Length of the stage as a fraction of the staged part of the run (after warmup)."""
+
+    @model_validator(mode="after")
+    def _one_of_each(self) -> "StageSpec":
+        if (self.keep_prob is None) == (self.layers is None):
+            raise ValueError('give exactly one of "keep_prob" or "layers"')
+        if self.steps is not None and self.fraction is not None:
+            raise ValueError('give at most one of "steps" or "fraction"')
+        return self
+
+
+class PLDSpec(BaseModel):
+    """Progressive Layer Dropping (Zhang & He, 2020): theta(t) = (1 - theta_bar) exp(-gamma t)
+    + theta_bar; layer i of L (1-based) runs with probability 1 - i/L (1 - theta(t))."""
+
+    model_config = _STRICT
+
+    theta_bar: float = Field(default=0.5, gt=0.0, le=1.0)
+    """The limit of theta(t): the keep probability of the last layer in the long run."""
+    gamma: float = Field(default=0.001, ge=0.0)
+    """Decay rate of theta per applied step."""
+
+
+class LayerDropSpec(BaseModel):
+    """LayerDrop (Fan et al., 2019): every non-fixed layer is dropped with drop_prob."""
+
+    model_config = _STRICT
+
+    drop_prob: float = Field(default=0.2, ge=0.0, lt=1.0)
+
+
+class CostSpec(BaseModel):
+    """Per-micro-batch forward+backward times (any one unit, e.g. ms) of the pipeline's parts."""
+
+    model_config = _STRICT
+
+    layer: float = Field(gt=0.0)
+    """One active transformer layer."""
+    embedding: float = Field(default=0.0, ge=0.0)
+    """Embeddings (and anything else fixed) on the first pipeline stage."""
+    head: float = Field(default=0.0, ge=0.0)
+    """Final norm, output head and loss on the last pipeline stage."""
+
+
+class PipelineSpec(BaseModel):
+    """Balancing under DeepSpeed pipeline parallelism (used with ``--pipeline-stages N``)."""
+
+    model_config = _STRICT
+
+    costs: Optional[CostSpec] = None
+    """The cost model; None: measured by a short profile before training starts."""
+    repartition: bool = True
+    """Move layers between pipeline stages at stage transitions when the cost model predicts
+    a faster step (through a checkpoint written and reloaded under the new partition)."""
+    repartition_min_gain: float = Field(default=0.03, ge=0.0, lt=1.0)
+    """Re-partition only when the predicted step time falls by at least this fraction."""
+    profile_steps: int = Field(default=3, ge=1)
+    """Timed repetitions per part when the costs are measured."""
+
+
+class StackingSpec(BaseModel):
+    """Gradual stacking (Reddi et al., 2023): train the first layers, grow by copying the top."""
+
+    model_config = _STRICT
+
+    optimizer_state: Literal["fresh"] = "fresh"
+    """New layers start with fresh optimizer state (they never stepped before they exist)."""
+
+
+METHOD_DEFAULTS = {  # per method: the schema's defaults; behaviour lives in megaraptr.methods
+    "raptr": dict(fixed_layers=[0, -1], scaling="none", subnetworks=True),
+    "full": dict(fixed_layers=[], scaling="none", subnetworks=False),
+    "pld": dict(fixed_layers=[], scaling="inverse_keep_prob", subnetworks=True),
+    "layerdrop": dict(fixed_layers=[], scaling="none", subnetworks=True),
+    "stacking": dict(fixed_layers=[], scaling="none", subnetworks=True),
+}
+
+
+class RaptrConfig(BaseModel):
+    """The "raptr" block. Defaults follow DeepSpeed's convention: absent means disabled."""
+
+    model_config = _STRICT
+
+    enabled: bool = False
+    """False trains the full model every step through the same code path."""
+    method: Literal["raptr", "full", "pld", "layerdrop", "stacking"] = "raptr"
+    """What trains on each step: RAPTR, or a comparison method through the same engine."""
+    schedule: Optional[List[StageSpec]] = None
+    """"6-8-10-12" (expected active depth per stage, equal stages) or a list of StageSpec."""
+    full_model_warmup_steps: int = Field(default=0, ge=0)
+    """Steps of full-model training before the first stage (the paper's UL2 recipe)."""
+    stage_lr_rewarm_steps: int = Field(default=0, ge=0)
+    """At the start of every stage after the first, the learning rate ramps linearly from 0
+    back to the LR schedule's value over this many steps (0: one global schedule, the paper)."""
+    sampling: Literal["bernoulli", "exact", "balanced"] = "bernoulli"
+    """bernoulli: each non-fixed layer kept with p (the paper); exact: exactly k layers;
+    balanced: every pipeline stage runs the same number of layers (+-1), each non-fixed
+    layer still kept with marginal probability p."""
+    fixed_layers: Optional[List[int]] = None
+    """Layers that always run; negative indices count from the end. Default: [0, -1] for
+    raptr, none for pld and layerdrop."""
+    scaling: Optional[Literal["none", "inverse_keep_prob"]] = None
+    """Residual-branch scale of kept stochastic layers: 1, or 1/p (inverted dropout).
+    Default: "inverse_keep_prob" for pld (as in its paper), "none" otherwise."""
+    skipped_layers: Literal["freeze", "momentum"] = "freeze"
+    """freeze: a skipped layer's weights and optimizer state do not change on that step;
+    momentum: the zero-gradient update plain DeepSpeed applies."""
+    seed: Optional[int] = Field(default=None, ge=0, le=2 ** 63 - 1)
+    """Seed of the subnetwork sampler; None takes the run's seed."""
+    consistency_check_interval: int = Field(default=100, ge=0)
+    """Every N applied steps, check with one collective that all ranks chose the same
+    subnetwork (0 turns the check off). The first step is always checked."""
+    pld: Optional[PLDSpec] = None
+    """Settings of method "pld"."""
+    layerdrop: Optional[LayerDropSpec] = None
+    """Settings of method "layerdrop"."""
+    stacking: Optional[StackingSpec] = None
+    """Settings of method "stacking"."""
+    pipeline: Optional[PipelineSpec] = None
+    """Pipeline balancing (cost model, re-partitioning); defaults apply when absent."""
+    kernels: Literal["eager", "fused", "compiled", "auto"] = "eager"
+    """Kernels of the blocks and the optimizer (megaraptr.kernels), whether or not "enabled":
+    "eager" as written; "fused": one-kernel scaled residual add, apex FusedLayerNorm if
+    importable, fused AdamW; "compiled": "fused" with each block's active computation
+    compiled once (no recompiles across subsets); "auto": the fastest available path for the
+    device and ZeRO stage."""
+
+    @property
+    def effective_fixed_layers(self) -> List[int]:
+        if self.fixed_layers is not None:
+            return list(self.fixed_layers)
+        return list(METHOD_DEFAULTS[self.method]["fixed_layers"])
+
+    @property
+    def effective_scaling(self) -> str:
+        return self.scaling or METHOD_DEFAULTS[self.method]["scaling"]
+
+    @property
+    def trains_subnetworks(self) -> bool:
+        """False when every step trains the full model (disabled, or method "full")."""
+        return self.enabled and METHOD_DEFAULTS[self.method]["subnetworks"]
+
+    @field_validator("schedule", mode="before")
+    @classmethod
+    def _parse_depth_string(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if not _DEPTHS.match(value):
+                raise ValueError(f'{json.dumps(value)} is not a schedule; allowed: expected '
+                                 'depths joined by "-" such as "6-8-10-12", or a list of stages')
+            return [{"layers": float(v) if "." in v else int(v)} for v in value.split("-")]
+        return value
+
+
+def _key_path(loc: tuple) -> str:
+    path = "raptr"
+    for part in loc:
+        part = part if isinstance(part, int) or str(part).isprintable() else json.dumps(part)
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return path
+
+
+def _format(err: ValidationError) -> ConfigError:
+    errors = err.errors()
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    loc, kind = tuple(first["loc"]), first["type"]
+    if kind == "extra_forbidden":
+        model = {"schedule": StageSpec, "pld": PLDSpec, "layerdrop": LayerDropSpec,
+                 "stacking": StackingSpec, "pipeline": PipelineSpec}.get(loc[0], RaptrConfig) \
+            if len(loc) > 1 else RaptrConfig
+        if loc[:2] == ("pipeline", "costs") and len(loc) > 2:
+            model = CostSpec
+        message = f"unknown key; allowed: {', '.join(model.model_fields)}"
+    else:
+        message = first["msg"].removeprefix("Value error, ")
+        if kind not in ("value_error", "missing"):
+            message += f" (got {json.dumps(first.get('input'), default=str)[:60]})"
+    more = err.error_count() - 1
+    if more:
+        message += f" (and {more} more problem{'s' if more > 1 else ''})"
+    return ConfigError(_key_path(loc), message)
+
+
+def validate_schema(block: Any) -> RaptrConfig:
+    """Validate a "raptr" block (a dict, or None for absent) against the schema alone; the
+    method's own checks come on top (:func:`megaraptr.methods.parse_raptr_block`).
+
+    Raises:
+        ConfigError: naming the key path and what is allowed.
+    """
+    if block is None:
+        return RaptrConfig()
+    if not isinstance(block, dict):
+        raise ConfigError("raptr", f"expected an object {{...}}, got {type(block).__name__}")
+    try:
+        return RaptrConfig.model_validate(block)
+    except ValidationError as err:
+        raise _format(err) from None
+
+
+def load_ds_config(config: Union[str, os.PathLike, dict]) -> dict:
+    """Read a DeepSpeed JSON config from a path (or copy a dict), with one-line errors."""
+    if isinstance(config, dict):
+        return json.loads(json.dumps(config))
+    path = os.fspath(config)
+    try:
+        with open(path) as f:
+            text = f.read()
+    except OSError as err:
+        raise ConfigError("deepspeed_config", f"cannot read {path}: {err.strerror}") from None
+    try:
+        loaded = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ConfigError("deepspeed_config",
+                          f"{path} is not valid JSON: {err.msg} at line {err.lineno} "
+                          f"column {err.colno}") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError("deepspeed_config", f"{path} must hold a JSON object")
+    return loaded

@@ -1,0 +1,53 @@
+"""Process-group start-up for every launcher (deepspeed, torchrun, a plain process).
+
+One function, :func:`init_distributed`, called before DeepSpeed builds anything:
+
+- a plain ``python -m megaraptr.train`` (no RANK/WORLD_SIZE in the environment) becomes a
+  one-process group on a free local port, so the same code path runs everywhere;
+- on CPU, DeepSpeed's shared-memory all-reduce op, which training never uses, is not
+  JIT-built (it costs 50-100 s on a fresh machine); see docs: deepspeed.md.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import sys
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def is_cpu() -> bool:
+    from deepspeed.accelerator import get_accelerator
+
+    return get_accelerator().device_name() == "cpu"
+
+
+def device():
+    """This rank's accelerator device (``cuda:<local rank>``, or ``cpu``)."""
+    import torch
+    from deepspeed.accelerator import get_accelerator
+
+    return torch.device(get_accelerator().current_device_name())
+
+
+def init_distributed(timeout_minutes: int | None = None) -> None:
+    """Start (once) the process group DeepSpeed will use."""
+    from datetime import timedelta
+
+    import deepspeed
+    import deepspeed.comm.torch  # noqa: F401  (the module whose build_shm_op we skip)
+
+    if "RANK" not in os.environ and "OMPI_COMM_WORLD_RANK" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
+                          MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    if is_cpu():
+        sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
+    kwargs = {}
+    if timeout_minutes is not None:
+        kwargs["timeout"] = timedelta(minutes=timeout_minutes)
+    deepspeed.init_distributed(**kwargs)

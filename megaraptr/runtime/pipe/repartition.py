@@ -1,0 +1,91 @@
+"""Moving a pipeline run to another layer partition: a checkpoint written under the old
+partition and read under the new one, weights, optimizer state and position intact.
+
+DeepSpeed fixes a ``PipelineModule``'s partition at construction and cannot load its optimizer
+checkpoint into another partition. megaraptr's pipeline checkpoints therefore hold, besides
+DeepSpeed's own files (layer weights named by global layer index, LR scheduler, step counters,
+``client_state``), one file per pipeline stage with every parameter's fp32 master, Adam moments
+and step count by name (:mod:`megaraptr.runtime.pipe.optim_state`), and they are always read that way:
+
+1. :func:`save` writes DeepSpeed's checkpoint and ``raptr_optim_pp<stage>.pt`` (data-parallel
+   rank 0 of each stage);
+2. :func:`load` lets DeepSpeed read the weights and counters without its optimizer files
+   (``load_optimizer_states=False``) and imports the optimizer state of the parameters this
+   stage now holds, whichever stage wrote them.
+
+:func:`repartition` is both, around building the engine of the new partition. The data
+position needs no file: the batches of a step are a function of the applied step. Resuming a
+run (``--load``) goes through the same :func:`load`, so every resume tests this path.
+"""
+from __future__ import annotations
+
+import glob
+import os
+from typing import Callable, Optional
+
+import torch
+
+from megaraptr.runtime.pipe import optim_state
+
+PREFIX = "raptr_optim_pp"
+
+
+def save(engine, save_dir: str, tag: str, client_state: Optional[dict] = None) -> str:
+    """Write the checkpoint ``save_dir/tag`` of a pipeline engine; returns its folder."""
+    from deepspeed import comm as dist
+
+    engine.save_checkpoint(save_dir, tag=tag, client_state=client_state)
+    state = optim_state.export_state(engine.ds)  # collective within each stage's DP group
+    folder = os.path.join(save_dir, tag)
+    if engine.ds.grid.data_parallel_id == 0:
+        path = os.path.join(folder, f"{PREFIX}{engine.ds.stage_id:02d}.pt")
+        torch.save(state, path + ".tmp")
+        os.replace(path + ".tmp", path)
+    dist.barrier()
+    return folder
+
+
+def read_saved_state(folder: str) -> dict:
+    """The per-parameter optimizer state of every stage in a checkpoint folder."""
+    files = sorted(glob.glob(os.path.join(folder, f"{PREFIX}*.pt")))
+    if not files:
+        raise FileNotFoundError(f"{folder} holds no {PREFIX}*.pt: not a megaraptr pipeline "
+                                "checkpoint")
+    saved = {}
+    for path in files:
+        saved.update(torch.load(path, map_location="cpu", mmap=True, weights_only=True))
+    return saved
+
+
+def load(engine, load_dir: str, tag: Optional[str] = None, **kwargs):
+    """Read a pipeline checkpoint into ``engine`` (any partition); returns (path, client_state)."""
+    path, client_state = engine.load_checkpoint(load_dir, tag=tag, load_optimizer_states=False,
+                                                **kwargs)
+    if path is None:
+        raise FileNotFoundError(f"no checkpoint in {load_dir} (tag {tag})")
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    optim_state.import_state(engine.ds, read_saved_state(folder))
+    return path, client_state
+
+
+def repartition(engine, build: Callable, save_dir: str, *,
+                client_state: Optional[dict] = None):
+    """Move ``engine`` to its next planned partition; returns (new engine, client_state).
+
+    Args:
+        engine: a :class:`megaraptr.runtime.pipe.engine.RaptrPipelineEngine` whose
+            ``needs_repartition()`` names the new partition.
+        build: ``build(layer_parts) -> engine``, making the engine of a partition.
+        save_dir: where the hand-over checkpoint goes (tag ``repartition-step<N>``).
+        client_state: saved with it and returned (e.g. the training loop's history).
+    """
+    parts = engine.needs_repartition()
+    if parts is None:
+        return engine, client_state
+    tag = f"repartition-step{engine.applied_steps}"
+    save(engine, save_dir, tag, client_state)
+    engine.ds.destroy() if hasattr(engine.ds, "destroy") else None
+    del engine
+    new = build(parts)
+    _, client_state = load(new, save_dir, tag)
+    return new, client_state

@@ -1,0 +1,134 @@
+"""What ``megaraptr-config``'s commands share: training's checks on a config, and its summary.
+
+:func:`check` runs exactly the checks ``megaraptr-train`` makes before it builds anything
+(:func:`megaraptr.tools.preflight.validate`) for the run the flags describe, and returns what
+they resolved (:class:`Checked`); :func:`resolve_costs` picks the step costs of ``explain`` and
+``sweep`` (given, profiled here, or the reference table of :mod:`megaraptr.planning.step_costs`).
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import List, Optional
+
+from megaraptr import methods
+from megaraptr.core.config import load_ds_config
+from megaraptr.errors import ConfigError
+from megaraptr.methods import build_schedule, parse_raptr_block
+from megaraptr.models import SIZES, num_layers
+from megaraptr.planning.step_costs import REFERENCE, parse_costs, profile
+from megaraptr.tools.preflight import validate
+from megaraptr.tools.train_args import parse_args
+
+
+@dataclass
+class Checked:
+    """A config that passed training's checks, with what they resolved."""
+
+    path: str
+    args: argparse.Namespace
+    """The training flags it was checked under (``megaraptr.tools.train_args.parse_args``)."""
+    raptr: object
+    ds_config: dict
+    schedule: object
+    steps_from: str
+    """Where the run length came from ("--train-steps" or the scheduler's total_num_steps)."""
+
+
+def config_steps(ds_config: dict) -> Optional[int]:
+    """The config's ``scheduler.params.total_num_steps``, if it is a whole number."""
+    steps = ((ds_config.get("scheduler") or {}).get("params") or {}).get("total_num_steps")
+    return steps if isinstance(steps, int) and not isinstance(steps, bool) and steps > 0 else None
+
+
+def size_needed(raptr) -> ConfigError:
+
+    sizes = ", ".join(f"{name} ({s['num_layers']} layers)" for name, s in SIZES.items())
+    last = (raptr.schedule or [None])[-1]
+    if last is not None and last.layers is not None:
+        match = [n for n, s in SIZES.items() if s["num_layers"] == last.layers]
+        hint = f"the schedule ends at {last.layers:g} layers: " + (" or ".join(match) or "no size")
+        return ConfigError("--size", f"required; {hint}; sizes: {sizes}")
+    return ConfigError("--size", f"required; sizes: {sizes}")
+
+
+def check(path: str, *, model: str, size: Optional[str], train_steps: Optional[int] = None,
+          pipeline_stages: int = 0, extra: Optional[List[str]] = None) -> Checked:
+    """Run training's checks on ``path`` for the run these flags describe.
+
+    Raises:
+        ConfigError (and the other MegaraptrErrors training raises): the line training prints.
+    """
+
+    ds_config = load_ds_config(path)
+    if size is None:
+        raise size_needed(parse_raptr_block(ds_config.get("raptr")))
+    steps, steps_from = train_steps, "--train-steps"
+    if steps is None:
+        steps, steps_from = config_steps(ds_config), "scheduler.params.total_num_steps"
+        if steps is None:
+            raise ConfigError("--train-steps", "required: the config has no whole-number "
+                              "scheduler.params.total_num_steps")
+    argv = ["--deepspeed_config", str(path), "--model", model, "--size", size,
+            "--train-steps", str(steps), "--pipeline-stages", str(pipeline_stages)]
+    args = parse_args(argv + list(extra or []))
+    raptr, prepared = validate(args)
+    schedule = build_schedule(raptr, num_layers=num_layers(size), total_steps=args.train_steps)
+    return Checked(str(path), args, raptr, prepared, schedule, steps_from)
+
+
+def describe_method(raptr, schedule) -> str:
+    """"raptr 6-8-10-12 in 4 stages, bernoulli sampling" and the like."""
+    if not raptr.trains_subnetworks:
+        return "the full model every step" + ("" if raptr.enabled else " (raptr disabled)")
+    staged = [s for s in schedule.stages if not s.warmup]
+    warmup = schedule.warmup_steps
+    text = methods.get(raptr.method).summary(staged)
+    text += f" after {warmup:,} full-model warmup steps" if warmup else ""
+    return text + f", {schedule.sampling} sampling"
+
+
+def run_summary(checked: Checked) -> str:
+    args, ds = checked.args, checked.ds_config
+    precision = "bf16" if (ds.get("bf16") or {}).get("enabled") else \
+        "fp16" if (ds.get("fp16") or {}).get("enabled") else "fp32"
+    zero = (ds.get("zero_optimization") or {}).get("stage", 0)
+    parts = [f"{args.model}-{args.size} ({checked.schedule.num_layers} layers), "
+             f"{args.train_steps:,} steps ({checked.steps_from})",
+             f"{describe_method(checked.raptr, checked.schedule)}, layer FLOPs "
+             f"{checked.schedule.expected_flops_fraction():.3f} of full",
+             f"ZeRO-{zero}, {precision}, {ds.get('train_micro_batch_size_per_gpu', '?')} "
+             f"sequences x {ds.get('gradient_accumulation_steps', 1)} accumulation per GPU"
+             + (f", pipeline of {args.pipeline_stages} stages" if args.pipeline_stages else "")]
+    return "; ".join(parts)
+
+
+def resolve_costs(opts, checked: Checked):
+    """The step costs explain and sweep use: --costs, --profile, the reference table, or None."""
+
+    if opts.costs:
+        return parse_costs(opts.costs)
+    args = checked.args
+    if getattr(opts, "profile", False):
+        import torch
+
+        device = opts.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        if device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("--device", "cuda is not available here; use --device cpu")
+        bf16 = (checked.ds_config.get("bf16") or {}).get("enabled") and device == "cuda"
+        cpu = device == "cpu"
+        return profile(args.model, args.size, device=device, precision="bf16" if bf16 else "fp32",
+                       micro_batch=int(checked.ds_config.get("train_micro_batch_size_per_gpu", 1)),
+                       seq_len=args.seq_len, vocab_size=args.vocab_size,
+                       steps=opts.profile_steps or (3 if cpu else 10), warmup=1 if cpu else 3)
+    return REFERENCE.get((args.model, args.size))
+
+
+def table(rows: List[dict], columns: List[tuple]) -> List[str]:
+    """Right-aligned text table; ``columns`` are (header, key, format)."""
+    cells = [[h for h, _, _ in columns]]
+    cells += [[fmt.format(r[key]) if r.get(key, "") != "" else "" for _, key, fmt in columns]
+              for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(columns))]
+    return ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in
+                      enumerate(zip(line, widths))).rstrip() for line in cells]

@@ -1,0 +1,136 @@
+"""What ``megaraptr.tools.train --pipeline-stages N`` adds to the training loop.
+
+:class:`PipelineRun` builds the run's pipeline engine and keeps the few things that differ
+from the ZeRO path, so that :mod:`megaraptr.tools.train` reads the same for both:
+
+- the initial weights are those of the reference model the non-pipeline run would build
+  (same seed), copied into the layers each stage holds: a pipeline run and a plain run of
+  the same config start from the same model;
+- the cost model comes from the config's ``"pipeline": {"costs"}``, else from the checkpoint
+  being resumed, else from a short profile (:func:`megaraptr.planning.profiling.measure_costs`), and
+  the partition of each schedule stage is planned from it (:func:`megaraptr.balance.
+  plan_partitions`);
+- before every step, :meth:`step_engine` re-partitions when the plan says so (through a
+  checkpoint under ``--save`` or a temporary folder, :mod:`megaraptr.runtime.pipe.repartition`);
+- checkpoints are written and read by :mod:`megaraptr.runtime.pipe.repartition` (any partition);
+- ``raptr/pipeline_imbalance`` (busiest stage's predicted time / mean, for the step's
+  partition and stage) and ``raptr/pipeline_busiest_layers`` (most layers one stage ran)
+  go to TensorBoard with the step's other scalars.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from typing import List, Optional
+
+import torch
+
+from megaraptr.data import make_batches
+from megaraptr.models import build_model
+from megaraptr.planning.balance import Costs, imbalance
+from megaraptr.planning.profiling import measure_costs
+from megaraptr.runtime.distributed import device as accelerator_device
+from megaraptr.runtime.pipe import engine as pipeline, repartition
+from megaraptr.runtime.resume_state import find_checkpoint, read_raptr_state
+
+
+class PipelineRun:
+    """The pipeline engine of a ``megaraptr.tools.train`` run and its re-partitioning."""
+
+    def __init__(self, args, ds_config: dict, raptr_config, data):
+        self.args, self.ds_config = args, dict(ds_config)
+        torch.manual_seed(args.seed)
+        reference = build_model(args.model, args.size, vocab_size=data.vocab_size,
+                                seq_len=args.seq_len, dropout=args.dropout)
+        self.num_parameters = sum(p.numel() for p in reference.parameters())
+        self.cfg = reference.cfg
+        self.resumed = (read_raptr_state(find_checkpoint(args.load)) or {}) if args.load else {}
+        """megaraptr's state in the checkpoint being resumed (empty for a new run)."""
+        self.costs, self.cost_source = self._costs(raptr_config, reference, data)
+        self._reference = reference
+        self._scratch = None
+        self.engine = self.build(None)
+        self._reference = None  # weights now live in the stages (and in checkpoints)
+
+    def _costs(self, raptr_config, reference, data):
+        spec = raptr_config.pipeline
+        if spec is not None and spec.costs is not None:
+            return Costs.from_spec(spec.costs), "config"
+        saved = (self.resumed.get("pipeline") or {}).get("costs")
+        if saved:
+            return Costs(**saved), "checkpoint"
+
+        micro = self.ds_config.get("train_micro_batch_size_per_gpu", 1)
+        batch = make_batches(data, seq_len=self.args.seq_len, seed=self.args.seed,
+                             micro_batch_size=micro, grad_accum=1).step_batches(1)[0]
+        device = accelerator_device()
+        dtype = torch.bfloat16 if self.ds_config.get("bf16", {}).get("enabled") else None
+        repeats = spec.profile_steps if spec is not None else 3
+        return measure_costs(reference, batch, repeats=repeats, device=device,
+                             dtype=dtype), "profile"
+
+    def build(self, layer_parts):
+        """The engine of ``layer_parts`` (None: the plan's for the next step to train)."""
+        return pipeline.initialize(
+            self.args.model, self.cfg, config=dict(self.ds_config),
+            num_stages=self.args.pipeline_stages, total_steps=self.args.train_steps,
+            seed=self.args.seed, costs=self.costs, reference=self._reference,
+            layer_parts=layer_parts, first_step=self.resumed.get("applied_steps", 0) + 1)
+
+    def load(self, engine, load_dir: str) -> dict:
+        _, client_state = repartition.load(engine, load_dir)
+        return client_state or {}
+
+    def save(self, engine, save_dir: str, tag: str, client_state: dict) -> None:
+        repartition.save(engine, save_dir, tag, client_state)
+
+    def step_engine(self, engine, history: dict):
+        """The engine for the next step: ``engine``, or a re-partitioned one."""
+        if engine.needs_repartition() is None:
+            return engine
+        save_dir = self.args.save
+        if save_dir is None:
+            if self._scratch is None:
+                self._scratch = _shared_tempdir()
+            save_dir = self._scratch
+        old = engine.layer_parts
+        engine, _ = repartition.repartition(engine, self.build, save_dir,
+                                            client_state={"train": history})
+        if torch.distributed.get_rank() == 0:
+            print(f"megaraptr: step {engine.applied_steps + 1}: re-partitioned the pipeline "
+                  f"{list(old)} -> {list(engine.layer_parts)} (predicted imbalance "
+                  f"{engine.imbalance():.3f})", flush=True)
+        self.engine = engine
+        return engine
+
+    @staticmethod
+    def events(engine, result) -> List:
+        parts, active = engine.layer_parts, result.mask.active
+        busiest = max(sum(active[a:b]) for a, b in zip(parts[:-1], parts[1:]))
+        return [("raptr/pipeline_imbalance", imbalance(engine.costs, parts, result.stage),
+                 result.step),
+                ("raptr/pipeline_busiest_layers", float(busiest), result.step)]
+
+    def describe(self) -> List[str]:
+        engine = self.engine
+        lines = [f"pipeline: {engine.num_stages} stages x {engine.data_parallel_size} data-"
+                 f"parallel; costs ({self.cost_source}): layer {self.costs.layer:.4g}, "
+                 f"embedding {self.costs.embedding:.4g}, head {self.costs.head:.4g}"]
+        for stage, parts in zip(engine.schedule.stages, engine.partitions):
+            lines.append(f"  stage {stage.name}: partition {list(parts)}, predicted imbalance "
+                         f"{imbalance(engine.costs, parts, stage):.3f}")
+        return lines
+
+    def close(self) -> None:
+        if self._scratch is not None and torch.distributed.get_rank() == 0:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+
+
+def _shared_tempdir() -> str:
+    """A folder all ranks of this node share (rank 0 makes it, the others learn its name)."""
+    names: List[Optional[str]] = [tempfile.mkdtemp(prefix="megaraptr-repartition-")
+                                  if torch.distributed.get_rank() == 0 else None]
+    torch.distributed.broadcast_object_list(names, src=0)
+    os.makedirs(names[0], exist_ok=True)
+    return names[0]
