@@ -75,8 +75,10 @@ def _raptr(L: int, N: int, **changes) -> dict:
                 **changes)
 
 
+BASELINE = "full"
+"""The run every other run of a horizon is compared with (full-model training, equal steps)."""
 METHODS: Dict[str, Callable[[int, int], dict]] = {
-    "full": lambda L, N: {"enabled": False},
+    BASELINE: lambda L, N: {"enabled": False},
     "full-matched": lambda L, N: {"enabled": False},
     "raptr": lambda L, N: _raptr(L, N),
     "pld": lambda L, N: {"enabled": True, "method": "pld"},

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from megaraptr.bench.methods import model_shape
+from megaraptr.bench.methods import BASELINE, model_shape
 
 Curve = List[Tuple[float, float]]
 
@@ -42,7 +42,7 @@ def curves(summary: dict, full_steps: int) -> Dict[str, Curve]:
 
 def horizon_rows(runs: Sequence, summaries: Dict[str, dict]) -> Tuple[List[dict], dict]:
     """One row per finished run of one horizon, and the equal-budget points used."""
-    full = next((summaries[r.label] for r in runs if r.name == "full" and r.label in summaries),
+    full = next((summaries[r.label] for r in runs if r.name == BASELINE and r.label in summaries),
                 None)
     full_steps = full["steps"] if full else max(summaries[r.label]["steps"] for r in runs
                                                 if r.label in summaries)

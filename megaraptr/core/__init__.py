@@ -1,0 +1,1 @@
+"""The pure core: the "raptr" block schema, stages and schedules, the method policy hook, the sampler, the subnetwork mask and digest, pipeline quotas, and the block contract. Imports nothing of DeepSpeed and nothing of pipelines or planning."""

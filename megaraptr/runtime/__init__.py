@@ -1,0 +1,1 @@
+"""What touches a DeepSpeed engine: the engine (RaptrEngine), its checkpoint state, the cross-rank consistency check, the monitor, process-group start-up, and the ZeRO (zero/) and pipeline (pipe/) paths."""
