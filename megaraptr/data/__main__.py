@@ -10,6 +10,7 @@ import sys
 import time
 
 from megaraptr.data import load_prepared, prepare
+from megaraptr.data.split import describe_split
 from megaraptr.errors import MegaraptrError
 
 PROG = "python -m megaraptr.data"
@@ -28,8 +29,8 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     prep = sub.add_parser("prepare", help="tokenize raw text into a prepared directory")
     prep.add_argument("--input", nargs="+", required=True, metavar="PATH",
-                      help=".txt (one document per file), .jsonl/.jsonl.gz ('text' field) "
-                           "files or directories")
+                      help=".txt (running text, cut into documents of at most 131,072 "
+                           "characters), .jsonl/.jsonl.gz ('text' field) files or directories")
     prep.add_argument("--output", required=True, metavar="DIR", help="output directory")
     prep.add_argument("--kind", required=True, choices=("mlm", "causal"),
                       help="mlm: WordPiece for BERT-style; causal: byte-level BPE for GPT-style")
@@ -52,6 +53,8 @@ def _describe(data) -> str:
         entry = data.index["splits"][split]
         lines.append(f"  {split:<10} {entry['tokens']:,} tokens, {entry['documents']:,} documents, "
                      f"{len(entry['shards'])} shard(s)")
+    lines.append(f"  {describe_split(data.index)}")
+    lines += [f"  note: {note}" for note in data.notes]
     lines.append(f"  fingerprint {data.fingerprint}")
     return "\n".join(lines)
 

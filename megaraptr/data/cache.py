@@ -2,10 +2,12 @@
 
 Entries live in ``<cache>/prepared/<kind>-<vocab>-<key>/`` where ``<cache>`` is ``cache_dir``,
 else ``$MEGARAPTR_CACHE``, else ``~/.cache/megaraptr``, and ``<key>`` hashes each input file's
-absolute path, size and modification time together with the settings (so editing an input
-prepares again). Several processes asking for the same entry at once (e.g. the ranks of one
-machine) serialize on an ``fcntl`` lock: the first prepares into a temporary directory and
-renames it into place atomically, the others wait and then load it.
+absolute path, size and modification time, in the order given, together with the settings (so
+editing, adding or reordering an input prepares again; ``.txt`` inputs add the size their
+documents are cut to, ``sources.TXT_DOC_CHARS``, as their cutting decides the tokens). Several
+processes asking for the same entry at once (e.g. the ranks of one machine) serialize on an
+``fcntl`` lock: the first prepares into a temporary directory and renames it into place
+atomically, the others wait and then load it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 
 from megaraptr.data.prepare import prepare_files
 from megaraptr.data.prepared import INDEX_NAME, INDEX_VERSION, PreparedData, load_prepared
-from megaraptr.data.sources import PathLike, resolve_inputs
+from megaraptr.data.sources import TXT_DOC_CHARS, PathLike, resolve_inputs
 from megaraptr.data.tokenizer import check_settings
 from megaraptr.errors import DataError
 
@@ -60,6 +62,9 @@ def cache_key(train: Sequence[Path], val: Sequence[Path], settings: dict) -> str
     """
     ident = {"train": [_stat(p) for p in train], "val": [_stat(p) for p in val],
              "settings": settings, "version": INDEX_VERSION}
+    if any(p.name.lower().endswith(".txt") for p in (*train, *val)):
+        # .txt files longer than this became several documents: entries made before are stale
+        ident["txt_doc_chars"] = TXT_DOC_CHARS
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
 
 

@@ -1,16 +1,20 @@
 """Preparing raw text into a tokenized, sharded directory (see prepared.py for the layout).
 
-Steps: read the inputs once to count documents and fix the train/val split; train the tokenizer
-on the train documents (unless a ``tokenizer.json`` is given); tokenize every document in
-batches (``encode_batch``) and append it, followed by the separator token (``[SEP]`` for mlm,
-``<|endoftext|>`` for causal), to its split's token stream; write ``index.json`` last.
+Steps: read the inputs once to count documents and fix the train/val split (split.py; a
+single document is refused here, before any tokenising); train the tokenizer on the train
+documents (unless a ``tokenizer.json`` is given); tokenize every document in batches
+(``encode_batch``) and append it, followed by the separator token (``[SEP]`` for mlm,
+``<|endoftext|>`` for causal), to its split's token stream; write ``index.json`` last, with
+the split rule used and each shard's largest token id.
 
-Train/val split: if val inputs are given (or found in a corpus-style directory, see
-sources.py) they are the val split and all other documents are train. Otherwise a document is
-val when the 64-bit BLAKE2b hash of its UTF-8 text, as a fraction of 2**64, is below
-``val_fraction`` (stable across machines and Python versions; identical documents land in the
-same split). When that selects no document although there are several, the document with the
-smallest hash is held out, so small inputs still get a val split.
+Memory: inputs are streamed (sources.py); one ``encode_batch`` call holds at most
+``BATCH_CHARS`` + ``PIECE_CHARS`` characters (1.25 Mi), documents longer than ``PIECE_CHARS``
+being trained on and tokenized in pieces (tokenizer.py). So however long a ``.txt`` file or its
+lines are, preparing it adds less than ``PREPARE_MEMORY_BYTES`` (256 MiB) to the process's peak
+memory (a 40 MB single-line file: about +70 MiB, tokenizer training included); what still grows
+with the corpus is the list of document hashes (~100 bytes a document) and the tokenizer
+trainer's table of distinct words. A ``.jsonl`` line is read whole, so there memory also grows
+with the longest line (a few times its size).
 """
 
 from __future__ import annotations
@@ -28,58 +32,55 @@ from tqdm import tqdm
 from megaraptr.data.prepared import (INDEX_FORMAT, INDEX_NAME, INDEX_VERSION, TOKENIZER_NAME,
                                      PreparedData, load_prepared, write_index)
 from megaraptr.data.shards import DEFAULT_SHARD_TOKENS, ShardWriter, token_dtype
-from megaraptr.data.sources import InputFiles, PathLike, describe, iter_documents, resolve_inputs
+from megaraptr.data.sources import (TXT_DOC_CHARS, InputFiles, PathLike, describe, iter_documents,
+                                    resolve_inputs)
+from megaraptr.data.split import VAL_INPUTS, Holdout, choose_holdout, doc_hash
 from megaraptr.data.tokenizer import (TOKENIZER_KINDS, all_special_ids, check_settings,
-                                      load_tokenizer, separator_name, special_ids,
+                                      load_tokenizer, separator_name, special_ids, token_pieces,
                                       train_tokenizer)
 from megaraptr.errors import ConfigError, DataError
 
 BATCH_CHARS = 1 << 20
+PREPARE_MEMORY_BYTES = 256 << 20
 _OUR_FILES = re.compile(r"^(index\.json(\.tmp)?|tokenizer\.json|(train|val)_\d{5}\.bin)$")
 
 
-def doc_hash(text: str) -> int:
-    """The stable 64-bit hash that decides a document's split.
-
-    Args:
-        text: Document text.
-
-    Returns:
-        An integer in ``[0, 2**64)``.
-    """
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "big")
-
-
 class _Documents:
-    """A re-iterable view of the documents of some files, optionally one side of a hash cut."""
+    """A re-iterable view of the train documents (not held out), in token pieces."""
 
-    def __init__(self, files: Sequence[Path], cutoff: int | None = None, val: bool = False):
-        self.files, self.cutoff, self.val = files, cutoff, val
+    def __init__(self, files: Sequence[Path], holdout: Holdout):
+        self.files, self.holdout = files, holdout
 
     def __iter__(self) -> Iterator[str]:
         for text in iter_documents(self.files):
-            if self.cutoff is None or (doc_hash(text) < self.cutoff) == self.val:
-                yield text
+            if not self.holdout.is_val(doc_hash(text)):
+                yield from token_pieces(text)
 
 
-def _survey(files: InputFiles, val_fraction: float) -> tuple[int | None, int]:
-    """Reads the inputs once: checks they hold documents and fixes the hash cutoff.
+_ALLOWED = (f"give more text (a .txt file is cut into documents of at most {TXT_DOC_CHARS:,} "
+            f"characters, a .jsonl file holds one per line), more files, or a folder holding "
+            f"train.<ext> and val.<ext> files")
+
+
+def _survey(files: InputFiles, val_fraction: float) -> tuple[Holdout, int]:
+    """Reads the inputs once: checks they hold documents and fixes the split (split.py).
 
     Returns:
-        (hash cutoff, or None when val files are given; total number of documents).
+        (the hold-out, total number of documents).
     """
-    hashes = [doc_hash(t) for t in iter_documents(files.train)]
+    hashes, lengths = [], []
+    for text in iter_documents(files.train):
+        hashes.append(doc_hash(text))
+        lengths.append(len(text))
     if not hashes:
         raise DataError(f"data: {describe(files.train)}: no documents with text")
     if files.val:
         n_val = sum(1 for _ in iter_documents(files.val))
         if not n_val:
             raise DataError(f"data: {describe(files.val)}: no val documents with text")
-        return None, len(hashes) + n_val
-    cutoff = int(val_fraction * 2**64)
-    if val_fraction > 0 and len(hashes) > 1 and min(hashes) >= cutoff:
-        cutoff = min(hashes) + 1
-    return cutoff, len(hashes)
+        return Holdout(VAL_INPUTS), len(hashes) + n_val
+    holdout = choose_holdout(hashes, lengths, val_fraction, describe(files.train), _ALLOWED)
+    return holdout, len(hashes)
 
 
 def _clear_out_dir(out: Path) -> None:
@@ -98,39 +99,43 @@ def _clear_out_dir(out: Path) -> None:
 
 def _encode_into(tok, docs: Iterator[tuple[str, str]], writers: dict[str, ShardWriter],
                  sep: int, digest, progress: tqdm) -> None:
-    """Tokenizes (split, text) pairs in batches and appends them to the split writers."""
+    """Tokenizes (split, text) pairs in batches and appends them to the split writers; a text
+    longer than ``PIECE_CHARS`` goes in pieces, its separator after the last."""
     encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
-    batch: list[tuple[str, str]] = []
+    batch: list[tuple[str, str, bool]] = []  # (split, text or piece, ends a document)
     chars = 0
 
     def flush() -> None:
-        encodings = encode([t for _, t in batch], add_special_tokens=False)
+        encodings = encode([t for _, t, _ in batch], add_special_tokens=False)
         streams: dict[str, list[int]] = {name: [] for name in writers}
-        for (split, _), enc in zip(batch, encodings):
+        for (split, _, last), enc in zip(batch, encodings):
             streams[split].extend(enc.ids)
-            streams[split].append(sep)
-            writers[split].documents += 1
+            if last:
+                streams[split].append(sep)
+                writers[split].documents += 1
+                progress.update(1)
         for split, ids in streams.items():
             if ids:
                 writers[split].write(np.asarray(ids, dtype=np.int64))
-        progress.update(len(batch))
         batch.clear()
 
     for split, text in docs:
         digest.update(split.encode() + b"\0" + text.encode("utf-8") + b"\0")
-        batch.append((split, text))
-        chars += len(text)
-        if chars >= BATCH_CHARS:
-            flush()
-            chars = 0
+        pieces = token_pieces(text)
+        for i, piece in enumerate(pieces):
+            batch.append((split, piece, i == len(pieces) - 1))
+            chars += len(piece)
+            if chars >= BATCH_CHARS:
+                flush()
+                chars = 0
     if batch:
         flush()
 
 
-def _routed(files: InputFiles, cutoff: int | None) -> Iterator[tuple[str, str]]:
+def _routed(files: InputFiles, holdout: Holdout) -> Iterator[tuple[str, str]]:
     """Yields (split, text) for every document, train inputs first, then val inputs."""
     for text in iter_documents(files.train):
-        yield ("val" if cutoff is not None and doc_hash(text) < cutoff else "train"), text
+        yield ("val" if holdout.is_val(doc_hash(text)) else "train"), text
     for text in iter_documents(files.val):
         yield "val", text
 
@@ -157,11 +162,11 @@ def prepare_files(files: InputFiles, out_dir: PathLike, *, kind: str, vocab_size
         raise ConfigError("val_fraction", f"must be in [0, 1), not {val_fraction!r}")
     tok = load_tokenizer(tokenizer_file) if tokenizer_file is not None else None
     out = Path(out_dir).expanduser().absolute()
-    cutoff, n_docs = _survey(files, val_fraction)
+    holdout, n_docs = _survey(files, val_fraction)
     tty = sys.stderr.isatty()
     _clear_out_dir(out)
     if tok is None:
-        tok = train_tokenizer(_Documents(files.train, cutoff, val=False), kind, vocab_size,
+        tok = train_tokenizer(_Documents(files.train, holdout), kind, vocab_size,
                               show_progress=tty)
     tok.no_truncation()
     tok.no_padding()
@@ -172,7 +177,7 @@ def prepare_files(files: InputFiles, out_dir: PathLike, *, kind: str, vocab_size
     actual_vocab = max(tok.get_vocab(with_added_tokens=True).values()) + 1
     dtype = token_dtype(actual_vocab)
     settings = {"kind": kind, "vocab_size": vocab_size, "val_fraction": val_fraction,
-                "held_out_by_hash": cutoff is not None, "tokenizer_sha256": tokenizer_sha,
+                "held_out_by_hash": holdout.rule != VAL_INPUTS, "tokenizer_sha256": tokenizer_sha,
                 "tokenizer_file": None if tokenizer_file is None else str(tokenizer_file),
                 "version": INDEX_VERSION}
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
@@ -180,7 +185,7 @@ def prepare_files(files: InputFiles, out_dir: PathLike, *, kind: str, vocab_size
     sep = named[separator_name(kind)]
     tok.encode_special_tokens = True  # "[SEP]" or "<|endoftext|>" inside a text is plain text
     with tqdm(total=n_docs, unit="doc", desc=f"tokenizing ({kind})", disable=not tty) as bar:
-        _encode_into(tok, _routed(files, cutoff), writers, sep, digest, bar)
+        _encode_into(tok, _routed(files, holdout), writers, sep, digest, bar)
     splits = {s: w.close() for s, w in writers.items()}
     model_type = type(tok.model).__name__.lower()
     index = {
@@ -190,6 +195,7 @@ def prepare_files(files: InputFiles, out_dir: PathLike, *, kind: str, vocab_size
         "all_special_ids": all_special_ids(tok, named), "separator_id": sep,
         "splits": splits, "fingerprint": digest.hexdigest(), "settings": settings,
         "inputs": {"train": [str(f) for f in files.train], "val": [str(f) for f in files.val]},
+        "split": {"rule": holdout.rule, "txt_doc_chars": TXT_DOC_CHARS},
     }
     write_index(out, index)
     return load_prepared(out)
@@ -202,22 +208,24 @@ def prepare(inputs: PathLike | Sequence[PathLike], out_dir: PathLike, *, kind: s
     """Tokenizes raw text into a prepared data directory.
 
     Args:
-        inputs: ``.txt`` (one document per file), ``.jsonl`` / ``.jsonl.gz`` (a ``"text"``
-            field per line) files, or directories of them (see sources.py).
+        inputs: ``.txt`` (cut into documents of at most ``TXT_DOC_CHARS`` characters),
+            ``.jsonl`` / ``.jsonl.gz`` (a ``"text"`` field per line) files, or directories of
+            them (see sources.py).
         out_dir: Output directory (created; must be new, empty or an earlier prepared one,
             whose files are replaced).
         kind: ``"mlm"`` (WordPiece, BERT style) or ``"causal"`` (byte-level BPE, GPT style).
         vocab_size: Vocabulary size of the trained tokenizer (ignored with ``tokenizer_file``).
         tokenizer_file: A ``tokenizer.json`` to use instead of training one.
         val_inputs: Val inputs; when absent, val comes from a corpus-style directory's val file
-            or a ``val_fraction`` hold-out by document hash.
+            or a ``val_fraction`` hold-out by document hash (split.py).
         val_fraction: Fraction of documents held out as val when no val inputs exist.
 
     Returns:
         The prepared data.
 
     Raises:
-        DataError: An input is missing, unreadable, malformed or empty.
+        DataError: An input is missing, unreadable, malformed or empty, or a single document
+            with no val inputs (nothing to hold out).
         ConfigError: A setting is out of range.
     """
     files = resolve_inputs(inputs, val_inputs)

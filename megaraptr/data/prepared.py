@@ -15,10 +15,16 @@ Layout of a prepared directory::
      "special_ids": {"pad": ..., "sep": ..., "cls": ..., "mask": ..., "unk": ...}   (mlm)
                     {"eos": ..., "pad": ...}                                        (causal),
      "all_special_ids": [...], "separator_id": int,
-     "splits": {"train": {"shards": [{"file": ..., "tokens": n}], "tokens": n, "documents": d},
+     "splits": {"train": {"shards": [{"file": ..., "tokens": n, "max_id": i}], "tokens": n,
+                          "documents": d},
                 "val": {...}},
      "fingerprint": sha256 hex of the settings and every document's text and split,
-     "settings": {...}, "inputs": {"train": [paths], "val": [paths]}}
+     "settings": {...}, "inputs": {"train": [paths], "val": [paths]},
+     "split": {"rule": "val inputs" | "hash" | "smallest hash" | "none", "txt_doc_chars": n}}
+
+``max_id`` (each shard's largest id) and ``split`` (how the val split was made, split.py) are
+absent from directories prepared by older versions; both are optional. Opening a directory
+checks its token ids against the vocabulary (vocab.py).
 """
 
 from __future__ import annotations
@@ -32,7 +38,9 @@ from typing import Any
 import numpy as np
 
 from megaraptr.data.shards import ShardedTokens, token_dtype
+from megaraptr.data.split import describe_split
 from megaraptr.data.tokenizer import KIND_NAMES, TOKENIZER_KINDS, load_tokenizer
+from megaraptr.data.vocab import check_token_ids
 from megaraptr.errors import DataError
 
 INDEX_FORMAT = "megaraptr-prepared"
@@ -83,6 +91,8 @@ class PreparedData:
         val_documents: Number of val documents.
         fingerprint: Hash of the inputs' text and the settings.
         index: The raw ``index.json`` content.
+        sources: The paths the data was asked for as (``resolve_data`` sets them), for logs.
+        notes: What opening the directory had to do (e.g. read the shards to check ids).
     """
 
     path: Path
@@ -97,7 +107,23 @@ class PreparedData:
     val_documents: int
     fingerprint: str
     index: dict[str, Any] = field(repr=False)
+    sources: tuple[str, ...] = ()
+    notes: list[str] = field(default_factory=list)
     _tokenizer: Any = field(default=None, repr=False, compare=False)
+
+    def describe(self) -> str:
+        """One line for a run's log: the inputs, where they were prepared, the split sizes and
+        how the val split was made.
+
+        Returns:
+            E.g. ``"data: one.txt -> /cache/prepared/mlm-8192-...: 20,587 train tokens in 8
+            documents; val split: 1 of 9 documents (...) held out: ..."``.
+        """
+        given = self.sources or tuple(self.index.get("inputs", {}).get("train", [])) or ("?",)
+        named = ", ".join(given[:4]) + (f" and {len(given) - 4} more" if len(given) > 4 else "")
+        return "; ".join([f"data: {named} -> {self.path}: {self.num_train_tokens:,} train "
+                          f"tokens in {self.train_documents:,} documents",
+                          describe_split(self.index)] + self.notes)
 
     @property
     def tokenizer_kind(self) -> str:
@@ -174,8 +200,8 @@ def load_prepared(path: str | os.PathLike) -> PreparedData:
         The prepared data, shards memory-mapped, tokenizer loaded on first use.
 
     Raises:
-        DataError: The directory, ``index.json`` or a shard is missing or inconsistent, or the
-            index has another format version.
+        DataError: The directory, ``index.json`` or a shard is missing or inconsistent, the
+            index has another format version, or a shard holds an id outside the vocabulary.
     """
     directory = Path(path).expanduser().absolute()
     if not directory.is_dir():
@@ -214,7 +240,9 @@ def load_prepared(path: str | os.PathLike) -> PreparedData:
         raise DataError(f"data: {directory}: no {TOKENIZER_NAME}; prepare the data again")
     train, train_docs = _split(directory, index, "train", dtype)
     val, val_docs = _split(directory, index, "val", dtype)
+    notes = check_token_ids(directory, index, vocab_size, directory / TOKENIZER_NAME,
+                            {"train": train, "val": val})
     return PreparedData(path=directory, kind=kind, vocab_size=vocab_size, dtype=dtype,
                         special=special, all_special_ids=all_special, train_tokens=train,
                         val_tokens=val, train_documents=train_docs, val_documents=val_docs,
-                        fingerprint=fingerprint, index=index)
+                        fingerprint=fingerprint, index=index, notes=notes)

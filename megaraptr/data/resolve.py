@@ -1,5 +1,10 @@
 """Turning a ``--data`` argument into prepared data: the built-in sample, a prepared directory,
 or raw text prepared through the cache.
+
+``--data`` takes one or more paths: one prepared directory (alone), or any mix of raw files and
+folders (``--data a.txt b.jsonl dir/``), read in the order given; the cache entry is keyed on
+all of their files in that order (cache.py). ``PreparedData.describe()`` names them for the
+run's log, with the split sizes and how the val split was made.
 """
 
 from __future__ import annotations
@@ -25,7 +30,8 @@ def resolve_data(path: PathLike | Sequence[PathLike] | None = None, *, kind: str
 
     Args:
         path: None for the built-in sample; a prepared directory (holding ``index.json``),
-            used as is; or raw text path(s) (files or directories), prepared via the cache.
+            used as is; or raw text paths (files and directories, mixed, in order), prepared
+            via the cache.
         kind: The data kind the model needs: ``"mlm"`` or ``"causal"``.
         vocab_size: Vocabulary size when a tokenizer is trained (not for prepared dirs).
         tokenizer_file: A ``tokenizer.json`` to use instead of training one (raw text only).
@@ -36,26 +42,33 @@ def resolve_data(path: PathLike | Sequence[PathLike] | None = None, *, kind: str
         The prepared data.
 
     Raises:
-        DataError: A path is missing, or a prepared directory was made for another kind.
+        DataError: A path is missing, a prepared directory is given with other paths or was
+            made for another kind, or the inputs cannot be prepared (see ``prepare``).
     """
     check_settings(kind, vocab_size)
     if path is None:
-        return prepare_cached([SAMPLE_DIR], kind=kind, vocab_size=vocab_size,
+        data = prepare_cached([SAMPLE_DIR], kind=kind, vocab_size=vocab_size,
                               tokenizer_file=tokenizer_file, cache_dir=cache_dir)
+        data.sources = ("the built-in sample",)
+        return data
     paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
     if not paths:
         raise DataError("data: no data paths given")
     for p in paths:
         if not Path(p).expanduser().exists():
             raise DataError(f"data: {Path(p).expanduser().absolute()}: no such file or directory")
-    first = Path(paths[0]).expanduser().absolute()
-    if (first / INDEX_NAME).is_file():
-        if len(paths) > 1:
-            raise DataError(f"data: {first} is a prepared directory; give it alone")
-        data = load_prepared(first)
+    prepared = [Path(p).expanduser().absolute() for p in paths
+                if (Path(p).expanduser() / INDEX_NAME).is_file()]
+    if prepared and len(paths) > 1:
+        raise DataError(f"data: {prepared[0]} is a prepared directory; give it alone, or give "
+                        f"raw .txt/.jsonl(.gz) files and folders only")
+    if prepared:
+        data = load_prepared(prepared[0])
         if data.kind != kind:
-            raise DataError(f"data: {first} was prepared for {describe_kind(data.kind)}, "
+            raise DataError(f"data: {prepared[0]} was prepared for {describe_kind(data.kind)}, "
                             f"{needed_by} needs {kind} ({describe_kind(kind)})")
-        return data
-    return prepare_cached(paths, kind=kind, vocab_size=vocab_size,
-                          tokenizer_file=tokenizer_file, cache_dir=cache_dir)
+    else:
+        data = prepare_cached(paths, kind=kind, vocab_size=vocab_size,
+                              tokenizer_file=tokenizer_file, cache_dir=cache_dir)
+    data.sources = tuple(str(p) for p in paths)
+    return data

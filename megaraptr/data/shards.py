@@ -4,7 +4,11 @@ A split's token stream is stored as ``<split>_00000.bin``, ``<split>_00001.bin``
 the ids back to back in native byte order (little-endian on every supported machine), as
 ``uint16`` when the vocabulary has fewer than 65536 entries, else ``uint32``. A shard holds at
 most ``max_tokens`` ids; the stream simply continues in the next one (documents may span
-shards). ``ShardedTokens`` presents the shards of a split as one read-only sequence.
+shards). The writer records each shard's largest id (``index.json``'s ``"max_id"``).
+``ShardedTokens`` presents the shards of a split as one read-only sequence; given the
+vocabulary size (``id_limit``), it refuses any read that meets an id at or above it, so a shard
+edited after preparing fails with one line naming the file instead of an embedding-lookup
+error (a device assert on CUDA).
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ class ShardWriter:
         if max_tokens < 1:
             raise ValueError(f"max_tokens must be positive, not {max_tokens}")
         self.out_dir, self.split, self.dtype, self.max_tokens = out_dir, split, dtype, max_tokens
-        self.shards: list[dict] = []  # {"file": name, "tokens": count}
+        self.shards: list[dict] = []  # {"file": name, "tokens": count, "max_id": largest id}
         self.documents = 0
         self._file = None
 
@@ -77,13 +81,14 @@ class ShardWriter:
             chunk, ids = ids[:room], ids[room:]
             self._file.write(chunk.tobytes())
             self.shards[-1]["tokens"] += int(chunk.size)
+            self.shards[-1]["max_id"] = max(self.shards[-1]["max_id"], int(chunk.max()))
 
     def _next_shard(self) -> None:
         if self._file is not None:
             self._file.close()
         name = shard_name(self.split, len(self.shards))
         self._file = open(self.out_dir / name, "wb")
-        self.shards.append({"file": name, "tokens": 0})
+        self.shards.append({"file": name, "tokens": 0, "max_id": -1})
 
     def close(self) -> dict:
         """Finishes writing.
@@ -112,6 +117,8 @@ class ShardedTokens:
 
     def __init__(self, directory: Path, shards: Iterable[tuple[str, int]], dtype: np.dtype):
         self.dtype = np.dtype(dtype)
+        self.id_limit: int | None = None  # set by load_prepared: the vocabulary size
+        self.files: list[Path] = []  # the non-empty shards, as _maps
         self._maps: list[np.ndarray] = []
         starts = [0]
         for name, count in shards:
@@ -124,6 +131,7 @@ class ShardedTokens:
                                 f"({expected} bytes); prepare the data again")
             if count:
                 self._maps.append(np.memmap(path, dtype=self.dtype, mode="r", shape=(count,)))
+                self.files.append(path)
                 starts.append(starts[-1] + count)
         self._starts = np.asarray(starts, dtype=np.int64)
 
@@ -146,7 +154,15 @@ class ShardedTokens:
         if not 0 <= index < n:
             raise IndexError(f"token index {key} out of range for {n} tokens")
         shard = int(np.searchsorted(self._starts, index, side="right")) - 1
-        return int(self._maps[shard][index - self._starts[shard]])
+        return int(self._checked(shard, self._maps[shard][index - self._starts[shard]:][:1])[0])
+
+    def _checked(self, shard: int, ids: np.ndarray) -> np.ndarray:
+        """``ids`` (read from ``shard``), after checking them against ``id_limit``."""
+        if self.id_limit is not None and ids.size and int(ids.max()) >= self.id_limit:
+            raise DataError(f"data: {self.files[shard]}: holds token id {int(ids.max())}, "
+                            f"outside the vocabulary of {self.id_limit} ids (edited after "
+                            f"preparing?); prepare the data again")
+        return ids
 
     def read(self, start: int, length: int) -> np.ndarray:
         """Reads ``length`` ids from position ``start``.
@@ -165,10 +181,10 @@ class ShardedTokens:
         first = int(np.searchsorted(self._starts, start, side="right")) - 1
         offset = start - int(self._starts[first])
         if offset + length <= self._maps[first].shape[0]:
-            return self._maps[first][offset:offset + length]
+            return self._checked(first, self._maps[first][offset:offset + length])
         parts, left, shard = [], length, first
         while left:
-            piece = self._maps[shard][offset:offset + left]
+            piece = self._checked(shard, self._maps[shard][offset:offset + left])
             parts.append(piece)
             left -= piece.shape[0]
             shard, offset = shard + 1, 0

@@ -2,17 +2,24 @@
 
 Accepted inputs:
 
-* ``.txt`` files: each file is one document (its whole text; files are not split on blank
-  lines, so a document separator never lands inside a book or article).
+* ``.txt`` files: running text with no document boundaries of its own. A file of at most
+  ``TXT_DOC_CHARS`` (131,072) characters is one document; a longer one is cut into documents of
+  at most that many characters, each ending at the last paragraph break (blank line) in the
+  second half of its window, else the last line break there, else the last space there, else
+  at the limit (so a document separator lands between paragraphs, and a corpus given as one
+  ``.txt`` file has documents to hold out). The file is read ``TXT_DOC_CHARS`` characters at a
+  time, so memory does not grow with the file or with its longest line.
 * ``.jsonl`` / ``.jsonl.gz`` files: one JSON object per line with a string ``"text"`` field;
-  each line is one document. Blank lines are skipped.
+  each line is one document, never cut (a line is read whole, so memory grows with the longest
+  line). Blank lines are skipped.
 * A directory: every such file under it (recursively, sorted by path, hidden entries
   skipped). A directory laid out like the shared corpus, i.e. holding ``train.<ext>`` and
   ``val.<ext>`` files, contributes ``train.<ext>`` as train input and ``val.<ext>`` as val input
   (other files in it, such as ``test.<ext>``, are ignored).
 
-Documents with empty (all-whitespace) text are skipped. Every problem is a ``DataError`` with a
-one-line message naming the file (and line, for JSON lines).
+Documents with empty (all-whitespace) text are skipped. A file named twice (directly or through
+a directory) is refused. Every problem is a ``DataError`` with a one-line message naming the
+file (and line, for JSON lines).
 """
 
 from __future__ import annotations
@@ -27,6 +34,8 @@ from pathlib import Path
 from megaraptr.errors import DataError
 
 SUFFIXES = (".jsonl.gz", ".jsonl", ".txt")
+TXT_DOC_CHARS = 1 << 17
+_TXT_BREAKS = ("\n\n", "\n", " ")
 
 PathLike = str | os.PathLike
 
@@ -116,7 +125,51 @@ def resolve_inputs(inputs: PathLike | Sequence[PathLike],
     found_val: list[Path] = []
     train = [f for p in train_paths for f in _expand(p, found_val)]
     val = [f for p in val_paths for f in _expand(p, None)] if val_paths else found_val
+    seen: set[Path] = set()
+    for f in train + val:
+        if f in seen:
+            raise DataError(f"data: {f}: named twice among the inputs (directly or through a "
+                            f"directory); give each file once")
+        seen.add(f)
     return InputFiles(train=tuple(train), val=tuple(val))
+
+
+def txt_cut(text: str, limit: int = TXT_DOC_CHARS) -> int:
+    """Where a ``.txt`` document ends when ``text`` is longer than ``limit`` characters.
+
+    Args:
+        text: The text still to cut (longer than ``limit``).
+        limit: Largest document, in characters.
+
+    Returns:
+        The document's length: just after the last paragraph break, else line break, else
+        space in ``text[limit // 2:limit]``, else ``limit``.
+    """
+    for brk in _TXT_BREAKS:
+        at = text.rfind(brk, limit // 2, limit)
+        if at >= 0:
+            return at + len(brk)
+    return limit
+
+
+def _txt_documents(path: Path, limit: int = TXT_DOC_CHARS) -> Iterator[str]:
+    """Reads a ``.txt`` file ``limit`` characters at a time and yields its documents."""
+    try:
+        with open(path, encoding="utf-8") as f:  # universal newlines, as Path.read_text
+            rest = ""
+            while True:
+                block = f.read(limit)
+                rest += block
+                while len(rest) > limit:
+                    end = txt_cut(rest, limit)
+                    yield rest[:end]
+                    rest = rest[end:]
+                if not block:
+                    break
+            if rest:
+                yield rest
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"data: {path}: cannot read ({err})") from None
 
 
 def _jsonl_documents(path: Path) -> Iterator[str]:
@@ -155,13 +208,7 @@ def iter_documents(files: Sequence[Path]) -> Iterator[str]:
         DataError: A file is unreadable or malformed.
     """
     for path in files:
-        if _suffix(path) == ".txt":
-            try:
-                texts: Iterator[str] = iter([path.read_text(encoding="utf-8")])
-            except (OSError, UnicodeDecodeError) as err:
-                raise DataError(f"data: {path}: cannot read ({err})") from None
-        else:
-            texts = _jsonl_documents(path)
+        texts = _txt_documents(path) if _suffix(path) == ".txt" else _jsonl_documents(path)
         for text in texts:
             if text.strip():
                 yield text

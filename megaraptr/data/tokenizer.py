@@ -10,6 +10,10 @@ a given ``tokenizer.json``, and finding the special token ids a data kind needs.
 
 Training is deterministic: the same texts in the same order give the same ``tokenizer.json``,
 in any process (see ``_train_wordpiece`` for what that takes with WordPiece).
+
+Long texts are trained on and encoded in pieces of at most ``PIECE_CHARS`` characters
+(``token_pieces``), which bounds the tokenizer's memory (it needs ~150 bytes per character of
+one call's text); the pieces give the same ids as the whole text.
 """
 
 from __future__ import annotations
@@ -32,6 +36,39 @@ WORDPIECE_SPECIALS = {"pad": "[PAD]", "unk": "[UNK]", "cls": "[CLS]", "sep": "[S
 BPE_SPECIALS = {"eos": "<|endoftext|>", "pad": "<|pad|>"}
 MIN_VOCAB_SIZE = 260
 MAX_VOCAB_SIZE = 2**32 - 1
+PIECE_CHARS = 1 << 18
+
+
+def token_pieces(text: str, limit: int | None = None) -> list[str]:
+    """Cuts a long text into pieces that tokenize like the whole text.
+
+    A cut is put just before the last single space between two non-space characters in the
+    second half of a ``limit``-character window (both built-in pre-tokenizers, BERT's and
+    byte-level BPE's, start a new word at such a space, and their normalizers are per
+    character, so the ids are the same as for the whole text); a window without one is cut at
+    its last whitespace, else at ``limit`` (text that is not words; ids there may differ).
+
+    Args:
+        text: The text.
+        limit: Largest piece, in characters (default ``PIECE_CHARS``).
+
+    Returns:
+        Pieces that join to ``text``: ``[text]`` when it is at most ``limit`` characters.
+    """
+    limit = limit or PIECE_CHARS
+    pieces, start = [], 0
+    while len(text) - start > limit:
+        lo, hi = start + limit // 2, start + limit
+        at = text.rfind(" ", lo, hi)
+        while at >= lo and (text[at - 1].isspace() or text[at + 1].isspace()):
+            at = text.rfind(" ", lo, at)
+        if at < lo:
+            at = max(text.rfind(c, lo, hi) for c in " \n\t")
+        end = at if at >= lo else hi
+        pieces.append(text[start:end])
+        start = end
+    pieces.append(text[start:])
+    return pieces
 
 
 def check_settings(kind: str, vocab_size: int) -> None:

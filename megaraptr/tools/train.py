@@ -54,6 +54,7 @@ def run(args) -> dict:
 
     data = resolve_data(args.data, kind=args.data_kind, vocab_size=args.vocab_size,
                         tokenizer_file=args.tokenizer)
+    args.notes.append(data.describe())  # inputs, split sizes, how val was held out
     ul2, batch_source = None, make_batches  # --objective ul2: UL2 rows, UL2 tokens on top
     if args.objective == "ul2":
 

@@ -45,9 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ul2-s-share", type=float, default=None, metavar="F",
                    help="share of UL2's S-denoiser (prefix LM) rows; the six span denoisers "
                         "split the rest (default 1/7 each, as in the paper)")
-    p.add_argument("--data", metavar="PATH", default=None,
-                   help="prepared shards (a folder with index.json) or raw .txt/.jsonl(.gz) "
-                        "files or folders, prepared on the fly; default: the built-in sample")
+    p.add_argument("--data", metavar="PATH", nargs="+", default=None,
+                   help="prepared shards (a folder with index.json, alone) or one or more raw "
+                        ".txt/.jsonl(.gz) files and folders, prepared on the fly and cached "
+                        "(docs/data.md); default: the built-in sample")
     p.add_argument("--tokenizer", metavar="FILE", default=None,
                    help="tokenizer.json to use instead of training one on the data")
     p.add_argument("--vocab-size", type=_positive, default=8192)

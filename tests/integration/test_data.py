@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from megaraptr.data import SAMPLE_DIR, prepare
-from megaraptr.data.prepare import doc_hash
+from megaraptr.data import SAMPLE_DIR, load_prepared, make_batches, prepare
+from megaraptr.data.prepare import PREPARE_MEMORY_BYTES, doc_hash
 from megaraptr.data.tokenizer import train_tokenizer
 
 from support import CORPUS, ROOT
@@ -134,3 +134,43 @@ def test_prepare_cached_from_two_processes_prepares_once(tmp_path):
     assert log.read_text() == "prepared\n"
     entries = sorted(p.name for p in (tmp_path / "c" / "prepared").iterdir())
     assert len([e for e in entries if not e.endswith(".lock")]) == 1  # no temp dirs left
+
+
+def test_a_40_mb_single_line_is_prepared_in_bounded_memory_and_trains(mlm, tmp_path):
+    """A 40 MB .txt file of one line (real corpus text, repeated): streamed and tokenized in
+    pieces, so preparing it adds less than PREPARE_MEMORY_BYTES to the process (it took ~5.6 GB
+    when the line was read and tokenized whole); batches come out of the result."""
+    with gzip.open(CORPUS / "train.jsonl.gz", "rt", encoding="utf-8") as f:
+        text = " ".join(" ".join(json.loads(line)["text"].split()) for line in islice(f, 400))
+    big, size = tmp_path / "big.txt", 40_000_000
+    with open(big, "w", encoding="utf-8") as f:
+        for _ in range(size // (len(text) + 1)):
+            f.write(text + " ")
+        f.write(text[:size % (len(text) + 1)])
+    assert big.stat().st_size >= size and b"\n" not in big.read_bytes()[:10_000_000]
+    # The peak is the kernel's high-water mark of this process's memory (VmHWM: unlike
+    # getrusage's ru_maxrss, it starts afresh at exec, not at the size of the forking pytest).
+    code = """
+        import re, sys
+        from megaraptr.data import prepare
+        def peak():
+            with open("/proc/self/status") as f:
+                return int(re.search(r"VmHWM:\\s+(\\d+) kB", f.read()).group(1)) * 1024
+        before = peak()
+        data = prepare(sys.argv[1], sys.argv[2], kind="mlm", tokenizer_file=sys.argv[3])
+        print(before, peak(), data.train_documents, data.val_documents)
+    """
+    proc = python(code, big, tmp_path / "out", mlm.path / "tokenizer.json", timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before, after, train_docs, val_docs = map(int, proc.stdout.split())
+    print(f"peak RSS {before / 2**20:.0f} MiB before preparing, {after / 2**20:.0f} MiB after "
+          f"(+{(after - before) / 2**20:.0f} MiB)")
+    assert after - before < PREPARE_MEMORY_BYTES
+    assert train_docs + val_docs >= size // (1 << 17) and val_docs >= 1
+    data = load_prepared(tmp_path / "out")
+    assert data.num_train_tokens > 5_000_000 and data.num_val_tokens > 1000
+    batches = make_batches(data, seq_len=128, micro_batch_size=4, seed=1)
+    step = batches.step_batches(1)
+    assert step[0]["input_ids"].shape == (4, 128)
+    assert int(step[0]["input_ids"].max()) < data.vocab_size
+    assert len(batches.eval_batches(8, 4)) == 2
