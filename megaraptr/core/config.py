@@ -57,14 +57,27 @@ class StageSpec(BaseModel):
 
 class PLDSpec(BaseModel):
     """Progressive Layer Dropping (Zhang & He, 2020): theta(t) = (1 - theta_bar) exp(-gamma t)
-    + theta_bar; layer i of L (1-based) runs with probability 1 - i/L (1 - theta(t))."""
+    + theta_bar, t counted from the first step after any full-model warmup; layer i of L
+    (1-based) runs with probability 1 - i/L (1 - theta(t))."""
 
     model_config = _STRICT
 
-    theta_bar: float = Field(default=0.5, gt=0.0, le=1.0)
-    """The limit of theta(t): the keep probability of the last layer in the long run."""
-    gamma: float = Field(default=0.001, ge=0.0)
-    """Decay rate of theta per applied step."""
+    theta_bar: Optional[float] = Field(default=None, gt=0.0, le=1.0)
+    """The limit of theta(t): the keep probability of the last layer in the long run (default
+    0.5, the paper's; or the value that meets "match_flops")."""
+    gamma: Optional[float] = Field(default=None, ge=0.0)
+    """Decay rate of theta per applied step. Default: 0.001 x 200,000 / (steps after warmup), so
+    theta gets within 1% of its floor at the same fraction of the run (2.3%) as in DeepSpeed's
+    BERT recipe (gamma 0.001 over about 200k steps)."""
+    match_flops: Optional[float] = Field(default=None, gt=0.0, lt=1.0)
+    """Pick theta_bar so that the run's expected layer FLOPs are this fraction of full training
+    (e.g. RAPTR's 0.75); exclusive with theta_bar."""
+
+    @model_validator(mode="after")
+    def _one_target(self) -> "PLDSpec":
+        if self.match_flops is not None and self.theta_bar is not None:
+            raise ValueError('give at most one of "theta_bar" or "match_flops"')
+        return self
 
 
 class LayerDropSpec(BaseModel):
@@ -72,7 +85,18 @@ class LayerDropSpec(BaseModel):
 
     model_config = _STRICT
 
-    drop_prob: float = Field(default=0.2, ge=0.0, lt=1.0)
+    drop_prob: Optional[float] = Field(default=None, ge=0.0, lt=1.0)
+    """Probability that a non-fixed layer is skipped on a step (default 0.2, the paper's; or the
+    value that meets "match_flops")."""
+    match_flops: Optional[float] = Field(default=None, gt=0.0, le=1.0)
+    """Pick drop_prob so that the run's expected layer FLOPs are this fraction of full training;
+    exclusive with drop_prob."""
+
+    @model_validator(mode="after")
+    def _one_target(self) -> "LayerDropSpec":
+        if self.match_flops is not None and self.drop_prob is not None:
+            raise ValueError('give at most one of "drop_prob" or "match_flops"')
+        return self
 
 
 class CostSpec(BaseModel):
@@ -145,9 +169,10 @@ class RaptrConfig(BaseModel):
     fixed_layers: Optional[List[int]] = None
     """Layers that always run; negative indices count from the end. Default: [0, -1] for
     raptr, none for pld and layerdrop."""
-    scaling: Optional[Literal["none", "inverse_keep_prob"]] = None
-    """Residual-branch scale of kept stochastic layers: 1, or 1/p (inverted dropout).
-    Default: "inverse_keep_prob" for pld (as in its paper), "none" otherwise."""
+    scaling: Optional[Literal["none", "inverse_keep_prob", "inverse_sqrt_keep_prob"]] = None
+    """Residual-branch scale of kept stochastic layers: 1, 1/p (inverted dropout) or 1/sqrt(p).
+    The paper scales kept outputs without a formula we could establish: 1/p and 1/sqrt(p) are
+    the candidates. Default: "inverse_keep_prob" for pld (as in its paper), "none" otherwise."""
     skipped_layers: Literal["freeze", "momentum"] = "freeze"
     """freeze: a skipped layer's weights and optimizer state do not change on that step;
     momentum: the zero-gradient update plain DeepSpeed applies."""

@@ -22,7 +22,9 @@ machine, Python, NumPy and PyTorch version.
   that differ by more than one.
 
 Scaling ``inverse_keep_prob`` multiplies a kept stochastic layer's residual branch by 1/p
-(p: that layer's marginal keep probability); fixed layers and ``none`` keep scale 1.
+(p: that layer's marginal keep probability), ``inverse_sqrt_keep_prob`` by 1/sqrt(p) (the
+paper scales kept outputs "appropriately" without a formula we could establish; these are the
+two candidates); fixed layers and ``none`` keep scale 1.
 
 Which of these a step uses is the schedule's method policy (:mod:`megaraptr.core.policy`):
 RAPTR's stages use the sampling above; the comparison methods (:mod:`megaraptr.methods`) draw
@@ -65,7 +67,7 @@ def sample_mask(seed: int, step: int, stage: Stage, *, sampling: str = "bernoull
         stage: the step's stage, from :meth:`Schedule.stage_at`.
         sampling: "bernoulli", "exact", or "balanced" (here with one pipeline stage holding
             every layer; :func:`sample_balanced` takes a partition).
-        scaling: "none" or "inverse_keep_prob".
+        scaling: one of :data:`SCALINGS`.
     """
     num_layers, fixed = stage.num_layers, set(stage.fixed)
     if stage.is_full:
@@ -88,11 +90,27 @@ def _smallest(seed: int, step: int, layers: Sequence[int], count: int) -> List[i
     return sorted(layers, key=lambda i: (uniform(seed, step, i), i))[:count]
 
 
+SCALINGS = ("none", "inverse_keep_prob", "inverse_sqrt_keep_prob")
+"""Residual-branch factors of a kept stochastic layer: 1, 1/p, 1/sqrt(p)."""
+
+
+def branch_scale(scaling: str, prob: float) -> float:
+    """The residual-branch factor of a kept layer that runs with marginal probability ``prob``
+    (fixed layers and layers that always run keep 1)."""
+    if scaling == "none" or not 0.0 < prob < 1.0:
+        return 1.0
+    if scaling == "inverse_keep_prob":
+        return 1.0 / prob
+    if scaling == "inverse_sqrt_keep_prob":
+        return 1.0 / math.sqrt(prob)
+    raise ValueError(f"unknown scaling {scaling!r}; allowed: {', '.join(SCALINGS)}")
+
+
 def _fixed_plus(num_layers: int, fixed: set, kept: Iterable[int], prob: float,
                 scaling: str) -> LayerMask:
-    """Fixed layers (scale 1) plus ``kept`` (scale 1, or 1/prob with inverse scaling)."""
+    """Fixed layers (scale 1) plus ``kept`` (scale :func:`branch_scale` of ``prob``)."""
     kept = set(kept)
-    branch = 1.0 / prob if scaling == "inverse_keep_prob" and prob > 0 else 1.0
+    branch = branch_scale(scaling, prob)
     active = tuple(i in fixed or i in kept for i in range(num_layers))
     scale = tuple(0.0 if not on else (1.0 if i in fixed else branch)
                   for i, on in enumerate(active))
@@ -103,8 +121,7 @@ def sample_probs(seed: int, step: int, probs: Tuple[float, ...], *,
                  scaling: str = "none") -> LayerMask:
     """Bernoulli draws with a probability per layer (1 always runs, unscaled)."""
     active = tuple(p >= 1.0 or uniform(seed, step, i) < p for i, p in enumerate(probs))
-    scale = tuple(0.0 if not on else (1.0 / p if scaling == "inverse_keep_prob" and p < 1.0
-                                      else 1.0) for on, p in zip(active, probs))
+    scale = tuple(branch_scale(scaling, p) if on else 0.0 for on, p in zip(active, probs))
     return LayerMask(active, scale)
 
 
@@ -123,7 +140,7 @@ def sample_balanced(seed: int, step: int, stage: Stage, parts: Sequence[int], *,
         step: applied optimizer step.
         stage: the step's schedule stage.
         parts: the pipeline partition (0, b_1, ..., L) in force during ``stage``.
-        scaling: "none" or "inverse_keep_prob" (kept non-fixed layers scaled by 1/p).
+        scaling: one of :data:`SCALINGS` (kept non-fixed layers scaled by :func:`branch_scale`).
     """
     num_layers, fixed = stage.num_layers, set(stage.fixed)
     if stage.is_full:

@@ -88,11 +88,20 @@ class Schedule:
                               spans] + self.policy.fingerprint()).encode()
         return hashlib.sha256(payload).hexdigest()[:16]
 
+    def expected_layers(self, stage: Stage) -> float:
+        """Mean active layers per step over ``stage`` under the method's policy (PLD: theta
+        decays within the stage, so this is not F + theta_bar S)."""
+        return self.policy.layer_runs(stage, stage.first_step, stage.last_step) / stage.num_steps
+
     def describe(self) -> List[dict]:
         """One row per stage, for logs and the config tool."""
-        return [{"stage": s.name, "steps": f"{s.first_step}-{s.last_step}",
-                 "keep_prob": round(s.keep_prob, 4), "expected_layers": round(s.expected_layers, 3),
-                 "layer_flops": round(s.expected_layers / self.num_layers, 4)} for s in self.stages]
+        rows = []
+        for s in self.stages:
+            layers = self.expected_layers(s)
+            rows.append({"stage": s.name, "steps": f"{s.first_step}-{s.last_step}",
+                         "keep_prob": round(s.keep_prob, 4), "expected_layers": round(layers, 3),
+                         "layer_flops": round(layers / self.num_layers, 4)})
+        return rows
 
 
 def full_schedule(num_layers: int, total_steps: int) -> Schedule:
@@ -230,7 +239,8 @@ def staged_schedule(config: RaptrConfig, *, num_layers: int, total_steps: int,
                             1.0 if prob > 1.0 - _EPS else prob, num_layers, fixed,
                             exact[i] if exact else None))
         step += length
-    return Schedule(tuple(stages), total_steps, num_layers, config.sampling, config.effective_scaling)
+    return Schedule(tuple(stages), total_steps, num_layers, config.sampling,
+                    config.effective_scaling)
 
 
 def rewarm_multiplier(step: int, stage_first_step: int, stage_index: int, rewarm_steps: int,

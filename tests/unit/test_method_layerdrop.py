@@ -52,3 +52,21 @@ def test_bad_blocks_name_the_key(block, key):
     with pytest.raises(ConfigError) as err:
         build(block)
     assert str(err.value).startswith(key + ":"), err.value
+
+
+@pytest.mark.parametrize("block, target", [({}, 0.75), ({"full_model_warmup_steps": 500}, 0.75),
+                                           ({"fixed_layers": [0, -1]}, 0.6)])
+def test_match_flops_picks_the_drop_probability(block, target):
+    steps = 20_000
+    schedule = build(dict(block, layerdrop={"match_flops": target}), steps=steps)
+    assert schedule.expected_flops_fraction() == pytest.approx(target, abs=1e-12)
+    sampler = SubnetworkSampler(schedule, seed=5)
+    ran = sum(sampler.mask(s).num_active for s in range(1, steps + 1))
+    assert ran / (steps * 12) == pytest.approx(target, abs=0.004)
+
+
+def test_match_flops_out_of_reach_and_exclusive_settings_are_one_line():
+    with pytest.raises(ConfigError, match=r"^raptr.layerdrop.match_flops: 0.1 is out of reach"):
+        build({"fixed_layers": [0, 1, 2], "layerdrop": {"match_flops": 0.1}})
+    with pytest.raises(ConfigError, match=r'^raptr.layerdrop: give at most one of "drop_prob"'):
+        build({"layerdrop": {"match_flops": 0.75, "drop_prob": 0.2}})

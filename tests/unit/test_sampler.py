@@ -13,9 +13,10 @@ from collections import Counter
 import pytest
 
 from megaraptr.core.mask import LayerMask, MaskDigest
-from megaraptr.core.sampler import (SubnetworkSampler, balanced_counts, sample_balanced,
-                                    sample_mask, uniform)
+from megaraptr.core.sampler import (SubnetworkSampler, balanced_counts, branch_scale,
+                                    sample_balanced, sample_mask, uniform)
 from megaraptr.core.stage import Stage
+from megaraptr.errors import ConfigError
 from megaraptr.methods import build_schedule, parse_raptr_block
 
 
@@ -448,3 +449,30 @@ def test_balanced_schedule_expected_flops_and_probs():
     active = sum(sampler.mask(s).num_active for s in range(1, 8001))
     # Only the shared rounding varies: each step's depth is 6, 8, 10 +- 1 at most.
     assert active / (8000 * 12) == pytest.approx(0.75, abs=0.005)
+
+
+@pytest.mark.parametrize("sampling, exact, p", [("bernoulli", None, 0.4), ("exact", 9, 0.7),
+                                                ("balanced", None, 0.55)])
+def test_inverse_sqrt_keep_prob_scales(sampling, exact, p):
+    stage = _stage(p, exact=exact)
+    kept = 0
+    for step in range(1, 200):
+        mask = sample_mask(0, step, stage, sampling=sampling, scaling="inverse_sqrt_keep_prob")
+        assert mask.active == sample_mask(0, step, stage, sampling=sampling).active
+        for i, on in enumerate(mask.active):
+            expected = 1.0 if i in (0, 11) else (p ** -0.5 if on else 0.0)
+            assert mask.scale[i] == pytest.approx(expected, rel=1e-12)
+            kept += on and i not in (0, 11)
+    assert kept
+
+
+def test_scaling_through_the_config_and_unknown_forms():
+    config = parse_raptr_block({"enabled": True, "schedule": "6-12",
+                                "scaling": "inverse_sqrt_keep_prob"})
+    schedule = build_schedule(config, num_layers=12, total_steps=10)
+    mask = SubnetworkSampler(schedule, 3).mask(2)
+    assert {round(s, 12) for s in mask.scale} <= {0.0, 1.0, round(0.4 ** -0.5, 12)}
+    with pytest.raises(ConfigError, match="^raptr.scaling: "):
+        parse_raptr_block({"enabled": True, "schedule": "6-12", "scaling": "sqrt"})
+    with pytest.raises(ValueError, match="unknown scaling 'sqrt'"):
+        branch_scale("sqrt", 0.5)
