@@ -13,8 +13,12 @@ the run), evaluates the full model on held-out text at ``--evals`` points, and w
 - ``OUT/quality_h{h}.png`` (eval loss against steps, wall-clock and layer FLOPs) and
   ``OUT/report.md`` (final loss, FLOPs, wall-clock, loss at equal wall-clock and equal FLOPs).
 
-Held-out text: the data's val split, or any text/jsonl file given as ``--eval-data``. The sweep
-resumes: a finished run (its summary says so) is skipped, an interrupted one continues from its
+Held-out text: the data's val split, and beside it (a column of its own everywhere) any
+text/jsonl file or prepared folder given as ``--eval-data [NAME=]PATH`` (prepared with the
+training data's tokenizer) and, with ``--holdout-source NAME``, one source of a corpus folder
+(the ``source`` field of each jsonl line) left out of training and evaluated on its own (the
+val column then holds the other sources' val documents). ``--device cuda --precision bf16
+--kernels auto`` trains on a GPU, ``--parallel`` runs sharing it. The sweep resumes: a finished run (its summary says so) is skipped, an interrupted one continues from its
 last checkpoint (``--checkpoints`` per run). ``--parallel P`` runs P trainings at once, each on
 its own cores (``taskset``), so side-by-side wall-clock stays comparable. Methods and ablations
 are defined in :mod:`megaraptr.bench.methods`; the report in :mod:`megaraptr.bench.report`.
@@ -32,11 +36,10 @@ import time
 from dataclasses import dataclass
 from typing import List, Optional
 
-from megaraptr.bench.methods import ABLATIONS, METHODS, Run, plan_runs
+from megaraptr.bench.methods import ABLATIONS, METHODS, Run, plan_runs, plan_wall_runs
 from megaraptr.bench.report import write_report
-from megaraptr.data import resolve_data
-from megaraptr.data.cache import prepare_cached
-from megaraptr.data.resolve import SAMPLE_DIR
+from megaraptr.data import load_prepared, prepare_cached, resolve_data
+from megaraptr.data.eval_sets import hold_out_source, prepare_eval_set
 from megaraptr.errors import ConfigError, MegaraptrError
 from megaraptr.models import DATA_KIND, MODELS, SIZES
 from megaraptr.tools.argparsing import OneLineParser
@@ -67,8 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="PATH", default=None,
                    help="raw text/jsonl files or folders, or a prepared folder (default: the "
                         "built-in sample)")
-    p.add_argument("--eval-data", metavar="FILE", default=None,
-                   help="held-out text/jsonl file (default: the data's val split)")
+    p.add_argument("--eval-data", metavar="[NAME=]PATH", default=None,
+                   help="held-out text/jsonl file, or prepared folder, evaluated beside the val "
+                        "split (a column named NAME, default the file's name)")
+    p.add_argument("--holdout-source", metavar="NAME", default=None,
+                   help="train without this source of the --data corpus folder, evaluate on it "
+                        "beside val (with a prepared --data: give its prepared text as "
+                        "--eval-data NAME=DIR)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--kernels", choices=["eager", "fused", "compiled", "auto"], default="eager")
     p.add_argument("--vocab-size", type=int, default=2048)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--micro-batch", type=int, default=16)
@@ -108,24 +119,47 @@ def parse_args(argv=None) -> argparse.Namespace:
                           "'megaraptr[bench]' (or matplotlib) first")
     if not 0 <= args.warmup < 1:
         raise ConfigError("--warmup", f"must be in [0, 1), got {args.warmup}")
-    for path in (args.data, args.eval_data):
+    args.eval_name, args.eval_path = None, None
+    if args.eval_data is not None:
+        name, sep, path = args.eval_data.partition("=")
+        args.eval_path = path if sep else args.eval_data
+        args.eval_name = name if sep else os.path.basename(args.eval_path.rstrip("/")).split(".")[0]
+    for flag, path in (("--data", args.data), ("--eval-data", args.eval_path)):
         if path is not None and not os.path.exists(path):
-            raise ConfigError("--data" if path == args.data else "--eval-data",
-                              f"{path}: no such file or directory")
+            raise ConfigError(flag, f"{path}: no such file or directory")
+    if args.holdout_source and args.data is None:
+        raise ConfigError("--holdout-source", "needs --data: a corpus folder whose jsonl lines "
+                          "have a \"source\" field")
+    prepared = args.data is not None and os.path.isfile(os.path.join(args.data, "index.json"))
+    if args.holdout_source and prepared and args.eval_name != args.holdout_source:
+        raise ConfigError("--holdout-source", f"with a prepared --data, give the held-out text "
+                          f"as --eval-data {args.holdout_source}=DIR")
     return args
 
 
-def prepared_data_path(args) -> str:
-    """Prepare (or find in the cache) the data once, so every run reads the same shards."""
-
-    kind = DATA_KIND[args.model]
-    if args.eval_data is None:
-        data = resolve_data(args.data, kind=kind, vocab_size=args.vocab_size)
+def prepared_data(args) -> tuple:
+    """Prepare (or find in the cache) the data once, so every run reads the same shards;
+    returns (data folder, {column name: prepared folder} of the extra held-out sets)."""
+    kind, extras = DATA_KIND[args.model], {}
+    prepared = args.data is not None and os.path.isfile(os.path.join(args.data, "index.json"))
+    if args.holdout_source and not prepared:
+        split = hold_out_source(args.data, args.holdout_source)
+        data = prepare_cached([split.train], val_inputs=[split.val], kind=kind,
+                              vocab_size=args.vocab_size)
+        extras[args.holdout_source] = str(prepare_eval_set(split.heldout, data).path)
     else:
-
-        data = prepare_cached(args.data or SAMPLE_DIR, kind=kind, vocab_size=args.vocab_size,
-                              val_inputs=args.eval_data)
-    return str(data.path)
+        data = resolve_data(args.data, kind=kind, vocab_size=args.vocab_size)
+    if args.eval_path is not None:
+        extras[args.eval_name] = (args.eval_path if os.path.isfile(
+            os.path.join(args.eval_path, "index.json")) else
+            str(prepare_eval_set(args.eval_path, data).path))
+    for name, path in extras.items():
+        if load_prepared(path).vocab_size != data.vocab_size:
+            raise ConfigError("--eval-data", f"{path}: another tokenizer than the training "
+                              f"data's; allowed: text, or data prepared with {data.path}")
+    args.vocab_size = data.vocab_size  # the FLOPs count uses the real vocabulary
+    args.extras = extras
+    return str(data.path), extras
 
 
 def run_command(run: Run, data: str, args) -> List[str]:
@@ -135,6 +169,8 @@ def run_command(run: Run, data: str, args) -> List[str]:
            "--eval-interval", str(run.eval_interval), "--eval-sequences", str(args.eval_sequences),
            "--seed", str(args.seed), "--summary", run.summary_path,
            "--save", run.checkpoint_dir, "--save-interval", str(run.save_interval)]
+    for name, path in args.extras.items():
+        cmd += ["--extra-eval", f"{name}={path}"]
     if os.path.isfile(os.path.join(run.checkpoint_dir, "latest")):
         cmd += ["--load", run.checkpoint_dir]
     return cmd
@@ -173,7 +209,7 @@ def train_all(runs: List[Run], data: str, args) -> List[Run]:
           f"{len(todo)} to train, {args.parallel} at a time", flush=True)
     running: List[Optional[Running]] = [None] * args.parallel
     failed, done, last_report = [], len(runs) - len(todo), 0.0
-    taskset = shutil.which("taskset") if args.parallel > 1 else None
+    taskset = shutil.which("taskset") if args.parallel > 1 and args.device == "cpu" else None
     while todo or any(running):
         for slot, item in enumerate(running):
             if item is not None and item.proc.poll() is not None:
@@ -194,8 +230,11 @@ def train_all(runs: List[Run], data: str, args) -> List[Run]:
                 if taskset:
                     cmd = [taskset, "-c", cores] + cmd
                 threads = str(max(1, (os.cpu_count() or 1) // args.parallel))
-                env = dict(os.environ, OMP_NUM_THREADS=threads, DS_ACCELERATOR="cpu",
-                           TOKENIZERS_PARALLELISM="false") if args.parallel > 1 else os.environ
+                env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+                if args.parallel > 1:
+                    env["OMP_NUM_THREADS"] = threads
+                if args.device == "cpu":
+                    env["DS_ACCELERATOR"] = "cpu"
                 log = open(run.log_path, "a")
                 log.write(f"$ {' '.join(cmd)}\n")
                 log.flush()
@@ -214,9 +253,13 @@ def train_all(runs: List[Run], data: str, args) -> List[Run]:
 def main(argv=None) -> int:
     try:
         args = parse_args(argv)
-        data = prepared_data_path(args)
+        data, _ = prepared_data(args)
         runs = plan_runs(args, data)
         failed = [] if args.report_only else train_all(runs, data, args)
+        wall = plan_wall_runs(args, runs)  # needs full and raptr finished: a second phase
+        if wall and not args.report_only:
+            failed += train_all(wall, data, args)
+        runs += wall
 
         path = write_report(runs, args)
     except MegaraptrError as err:

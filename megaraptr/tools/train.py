@@ -32,6 +32,7 @@ from megaraptr.models import build_model, optimizer_groups
 from megaraptr.models.hf import build_hf_model, causal_inputs, is_hf
 from megaraptr.runtime import monitor
 from megaraptr.runtime.distributed import init_distributed
+from megaraptr.tools.extra_eval import ExtraEvals
 from megaraptr.tools.pipeline_run import PipelineRun
 from megaraptr.tools.preflight import method_name, validate
 from megaraptr.tools.train_args import parse_args
@@ -107,6 +108,9 @@ def run(args) -> dict:
     eval_set = to_device(batches.eval_batches(args.eval_sequences,
                                               engine.train_micro_batch_size_per_gpu()),
                          engine.device, inputs)
+    extra = ExtraEvals(args.extra_eval, data, seq_len=args.seq_len, sequences=args.eval_sequences,
+                       micro_batch=engine.train_micro_batch_size_per_gpu(), dp_rank=dp_rank,
+                       dp_size=dp_size, to_device=lambda b: to_device(b, engine.device, inputs))
     tb_dir = monitor.tensorboard_dir(ds_config)
 
     def evaluate(step: int) -> float:
@@ -115,6 +119,7 @@ def run(args) -> dict:
         history.setdefault("eval_clock", []).append(
             [step, history["wall_seconds"], engine.layer_flops_fraction()])
         monitor.write(engine, monitor.eval_events(step, loss))
+        extra.evaluate(engine, step, history)
         return loss
 
     if history["initial_eval_loss"] is None:
@@ -175,7 +180,7 @@ def run(args) -> dict:
     summary = {
         "steps": engine.applied_steps, "finished": finished, "final_eval_loss": final,
         "initial_eval_loss": history["initial_eval_loss"], "eval_history": history["eval"],
-        "eval_clock": history["eval_clock"],
+        "eval_clock": history["eval_clock"], **ExtraEvals.summary(history),
         "wall_seconds": history["wall_seconds"], "session_seconds": session_seconds,
         "tokens_per_second": history["tokens"] / max(history["wall_seconds"], 1e-9),
         "tokens": history["tokens"], "layer_flops_fraction": engine.layer_flops_fraction(),

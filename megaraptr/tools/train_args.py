@@ -11,6 +11,7 @@ import os
 from typing import List, Optional
 
 from megaraptr.models import MODELS, SIZES
+from megaraptr.tools.extra_eval import extra_eval_arg
 
 DEFAULT_SEQ_LEN = {"tiny": 128, "mini": 128, "narrow": 128, "base": 512, "medium": 1024,
                    "1.3b": 1024, "1.6b": 1024}
@@ -64,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate the full model every N steps (always at start and end)")
     p.add_argument("--eval-sequences", type=_positive, default=64,
                    help="held-out sequences per evaluation")
+    p.add_argument("--extra-eval", type=extra_eval_arg, action="append", default=[],
+                   metavar="NAME=DIR", help="also evaluate on DIR's val split (prepared with the "
+                   "training data's tokenizer), reported as NAME; repeatable")
     p.add_argument("--save", metavar="DIR", default=None)
     p.add_argument("--save-interval", type=_non_negative, default=0)
     p.add_argument("--load", metavar="DIR", default=None)
