@@ -5,39 +5,39 @@
         --methods full,full-matched,raptr,pld,layerdrop,stacking [--ablations] --parallel 2
 
 For every horizon h (tokens per non-embedding parameter) and every method it trains the same
-model with ``megaraptr.tools.train`` (same seed, same data order, AdamW with warmup + cosine decay over
-the run), evaluates the full model on held-out text at ``--evals`` points, and writes:
+model with ``megaraptr.tools.train`` (same seed, same data order, AdamW with warmup + cosine
+decay over each run's own length), evaluates the full model on held-out text at ``--evals``
+points, and writes:
 
 - ``OUT/h{h}/{method}/``: the run's ds_config, log, summary and checkpoints;
 - ``OUT/tensorboard/h{h}-{method}``: its TensorBoard run;
-- ``OUT/quality_h{h}.png`` (eval loss against steps, wall-clock and layer FLOPs) and
-  ``OUT/report.md`` (final loss, FLOPs, wall-clock, loss at equal wall-clock and equal FLOPs).
+- ``OUT/quality_h{h}.png`` (val loss against steps, wall-clock and total FLOPs),
+  ``OUT/report.md`` (equal-steps, equal-FLOPs and equal-wall-clock tables of finished runs)
+  and ``OUT/runs.json`` (every finished run's record).
 
 Held-out text: the data's val split, and beside it (a column of its own everywhere) any
 text/jsonl file or prepared folder given as ``--eval-data [NAME=]PATH`` (prepared with the
 training data's tokenizer) and, with ``--holdout-source NAME``, one source of a corpus folder
 (the ``source`` field of each jsonl line) left out of training and evaluated on its own (the
-val column then holds the other sources' val documents). ``--device cuda --precision bf16
---kernels auto`` trains on a GPU, ``--parallel`` runs sharing it. The sweep resumes: a finished run (its summary says so) is skipped, an interrupted one continues from its
-last checkpoint (``--checkpoints`` per run). ``--parallel P`` runs P trainings at once, each on
-its own cores (``taskset``), so side-by-side wall-clock stays comparable. Methods and ablations
-are defined in :mod:`megaraptr.bench.methods`; the report in :mod:`megaraptr.bench.report`.
+val column then holds the other sources' val documents). The sweep resumes: a finished run
+(its summary says so) is skipped, an interrupted one continues from its last checkpoint
+(``--checkpoints`` per run). ``--parallel P`` runs P trainings at once: on CPU each on its own
+cores (``taskset``), so side-by-side wall-clock stays comparable; with ``--device cuda
+--precision bf16 --kernels auto`` they share the GPU. Methods and ablations are defined in
+:mod:`megaraptr.bench.methods`, the running of the trainings (and ``--deadline``) in
+:mod:`megaraptr.bench.sweep`, the report in :mod:`megaraptr.bench.report`.
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util
 import os
-import re
-import shutil
-import subprocess
 import sys
-import time
-from dataclasses import dataclass
-from typing import List, Optional
+from typing import List
 
-from megaraptr.bench.methods import ABLATIONS, METHODS, Run, plan_runs, plan_wall_runs
+from megaraptr.bench.methods import ABLATIONS, METHODS, plan_runs, plan_wall_runs
 from megaraptr.bench.report import write_report
+from megaraptr.bench.sweep import train_all
 from megaraptr.data import load_prepared, prepare_cached, resolve_data
 from megaraptr.data.eval_sets import hold_out_source, prepare_eval_set
 from megaraptr.errors import ConfigError, MegaraptrError
@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoints", type=int, default=4, help="checkpoints per run, for resume")
     p.add_argument("--parallel", type=int, default=1, help="trainings at once, one core set each")
     p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--deadline", type=float, default=None, metavar="UNIX_TIME",
+                   help="stop the lowest-priority runs (the last named) when the sweep would end "
+                        "later; stopped runs are in no table")
     p.add_argument("--report-only", action="store_true", help="write the report, train nothing")
     return p
 
@@ -124,6 +127,11 @@ def parse_args(argv=None) -> argparse.Namespace:
         name, sep, path = args.eval_data.partition("=")
         args.eval_path = path if sep else args.eval_data
         args.eval_name = name if sep else os.path.basename(args.eval_path.rstrip("/")).split(".")[0]
+    if args.eval_name in ("val", args.holdout_source) and args.eval_name is not None \
+            and not (args.holdout_source and args.eval_name == args.holdout_source
+                     and os.path.isfile(os.path.join(args.eval_path, "index.json"))):
+        raise ConfigError("--eval-data", f"the column name {args.eval_name!r} is taken; allowed: "
+                          "NAME=PATH with another NAME")
     for flag, path in (("--data", args.data), ("--eval-data", args.eval_path)):
         if path is not None and not os.path.exists(path):
             raise ConfigError(flag, f"{path}: no such file or directory")
@@ -160,94 +168,6 @@ def prepared_data(args) -> tuple:
     args.vocab_size = data.vocab_size  # the FLOPs count uses the real vocabulary
     args.extras = extras
     return str(data.path), extras
-
-
-def run_command(run: Run, data: str, args) -> List[str]:
-    cmd = [sys.executable, "-m", "megaraptr.train", "--deepspeed_config", run.config_path,
-           "--model", args.model, "--size", args.size, "--data", data,
-           "--seq-len", str(args.seq_len), "--train-steps", str(run.steps),
-           "--eval-interval", str(run.eval_interval), "--eval-sequences", str(args.eval_sequences),
-           "--seed", str(args.seed), "--summary", run.summary_path,
-           "--save", run.checkpoint_dir, "--save-interval", str(run.save_interval)]
-    for name, path in args.extras.items():
-        cmd += ["--extra-eval", f"{name}={path}"]
-    if os.path.isfile(os.path.join(run.checkpoint_dir, "latest")):
-        cmd += ["--load", run.checkpoint_dir]
-    return cmd
-
-
-@dataclass
-class Running:
-    run: Run
-    proc: subprocess.Popen
-    started: float
-    cores: str
-
-
-def _progress(run: Run) -> str:
-    try:
-        with open(run.log_path, "rb") as f:
-            f.seek(max(0, os.path.getsize(run.log_path) - 4000))
-            tail = f.read().decode(errors="replace")
-    except OSError:
-        return "starting"
-    found = re.findall(r"(\d+)/(\d+) \[", tail)
-    return f"step {found[-1][0]}/{found[-1][1]}" if found else "starting"
-
-
-def _cores(slot: int, parallel: int) -> str:
-    count = os.cpu_count() or 1
-    per = max(1, count // parallel)
-    first = (slot * per) % count
-    return f"{first}-{first + per - 1}" if per > 1 else str(first)
-
-
-def train_all(runs: List[Run], data: str, args) -> List[Run]:
-    """Run what is not finished, ``--parallel`` at a time; returns the runs that failed."""
-    todo = [r for r in runs if not r.finished()]
-    print(f"{PROG}: {len(runs)} runs, {len(runs) - len(todo)} already finished, "
-          f"{len(todo)} to train, {args.parallel} at a time", flush=True)
-    running: List[Optional[Running]] = [None] * args.parallel
-    failed, done, last_report = [], len(runs) - len(todo), 0.0
-    taskset = shutil.which("taskset") if args.parallel > 1 and args.device == "cpu" else None
-    while todo or any(running):
-        for slot, item in enumerate(running):
-            if item is not None and item.proc.poll() is not None:
-                ok = item.proc.returncode == 0 and item.run.finished()
-                done += 1
-                summary = item.run.summary() if ok else {}
-                status = (f"eval loss {summary['final_eval_loss']:.4f}, layer FLOPs "
-                          f"{summary['layer_flops_fraction']:.3f}, {summary['wall_seconds']:.0f} s"
-                          if ok else f"FAILED (exit {item.proc.returncode}), see {item.run.log_path}")
-                print(f"[{done}/{len(runs)}] {item.run.label}: {status}", flush=True)
-                if not ok:
-                    failed.append(item.run)
-                running[slot] = item = None
-            if item is None and todo:
-                run = todo.pop(0)
-                cores = _cores(slot, args.parallel)
-                cmd = run_command(run, data, args)
-                if taskset:
-                    cmd = [taskset, "-c", cores] + cmd
-                threads = str(max(1, (os.cpu_count() or 1) // args.parallel))
-                env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
-                if args.parallel > 1:
-                    env["OMP_NUM_THREADS"] = threads
-                if args.device == "cpu":
-                    env["DS_ACCELERATOR"] = "cpu"
-                log = open(run.log_path, "a")
-                log.write(f"$ {' '.join(cmd)}\n")
-                log.flush()
-                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-                running[slot] = Running(run, proc, time.time(), cores)
-                print(f"{PROG}: start {run.label} ({run.steps} steps) on cores {cores}", flush=True)
-        if time.time() - last_report > 60:
-            last_report = time.time()
-            active = [f"{r.run.label} {_progress(r.run)}" for r in running if r]
-            if active:
-                print(f"{PROG}: running: {'; '.join(active)}; {len(todo)} waiting", flush=True)
-        time.sleep(1.0)
-    return failed
 
 
 def main(argv=None) -> int:

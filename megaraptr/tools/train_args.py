@@ -13,8 +13,8 @@ from typing import List, Optional
 from megaraptr.models import MODELS, SIZES
 from megaraptr.tools.extra_eval import extra_eval_arg
 
-DEFAULT_SEQ_LEN = {"tiny": 128, "mini": 128, "narrow": 128, "base": 512, "medium": 1024,
-                   "1.3b": 1024, "1.6b": 1024}
+DEFAULT_SEQ_LEN = {"tiny": 128, "mini": 128, "narrow": 128, "small": 128, "slim": 128,
+                   "base": 512, "medium": 1024, "1.3b": 1024, "1.6b": 1024}
 
 
 def _positive(text: str) -> int:
