@@ -5,21 +5,25 @@ Two sweeps of :mod:`megaraptr.bench.quality` run at once on one GPU (every train
 is its own process sharing the device: small models do not fill an H200 alone), bf16, kernels
 ``auto``, each model trained to ``TOKENS_PER_PARAM`` tokens per non-embedding parameter:
 
-=====  ============  ======================  =====================  ==========  ===========
-model  size          non-embedding params    tokens / step          steps       LR
-=====  ============  ======================  =====================  ==========  ===========
-bert   small 12x256  9.48M                   256 x 128 = 32,768     5,784       1e-3
-gpt    slim 12x192   5.34M                   256 x 128 = 32,768     3,258       2e-3
-=====  ============  ======================  =====================  ==========  ===========
+=====  =============  ==========  ==================  =====  =====================  ====
+model  size           non-emb.    tokens / step       steps  data (train tokens)    LR
+=====  =============  ==========  ==================  =====  =====================  ====
+bert   small 12x256   9.48M       256 x 128 = 32,768  5,784  16.6M (WordPiece 8192)  1e-3
+gpt    slim 12x176    4.49M       256 x 128 = 32,768  2,739  22.2M (BPE 2048)        2e-3
+=====  =============  ==========  ==================  =====  =====================  ====
 
-Methods, in priority order (with a deadline, the last ones are dropped first): full,
-raptr, stacking, full-matched, raptr-sqrt-scaled, raptr-scaled, pld, layerdrop (PLD and
-LayerDrop FLOP-matched to RAPTR). Data: the carried folder (:mod:`megaraptr.bench.gpu_quality
-_data`): the corpus without one source (``moby``), evaluated on val and on that source. Each
-sweep writes the quality benchmark's report, curves, PNG and runs.json under ``OUT/<model>/``;
-the short table comes last. Runs share the GPU, so their wall-clock is not a side-by-side
-measure: the step-time benchmark (docs/benchmarks.md) is, and no wall-clock-matched run is
-made here.
+(BERT sees its data 11.4 times, a fresh mask each time; GPT 4.0 times.) Methods, in priority
+order: ``METHODS``; PLD and LayerDrop are FLOP-matched to RAPTR. The GPU time this needs is
+estimated in docs/quality.md (all methods of both models: about 9e16 FLOPs); while the sweeps
+run, :func:`watch` measures every
+training's step rate each ``CHECK_SECONDS`` and stops the lowest-priority trainings the GPU
+could not also finish by the deadline (processor sharing, :func:`megaraptr.bench.sweep.
+plan_drops`), so the runs that do finish each finish their own schedule. Data: the carried
+folder (:mod:`megaraptr.bench.gpu_quality_data`): the corpus without one source (``moby``),
+evaluated on val and on that source. Each sweep writes the quality benchmark's report,
+curves, PNG and runs.json under ``OUT/<model>/``; the short table comes last. The runs share
+the GPU, so their wall-clock is no side-by-side measure (the step-time benchmark,
+docs/benchmarks.md, is one) and no wall-clock-matched run is made here.
 
     python -m megaraptr.bench.gpu_quality --out out --data /tmp/gq/data --deadline T
     python -m megaraptr.bench.gpu_quality --out /tmp/o --data /tmp/gq/data --dry-run  # CPU

@@ -42,7 +42,7 @@ from megaraptr.errors import MegaraptrError
 
 DEFAULT_OUT = ".gpuquality"
 HOLDOUT = "moby"
-VOCAB = {"bert": ("mlm", 8192), "gpt": ("causal", 4096)}
+VOCAB = {"bert": ("mlm", 8192), "gpt": ("causal", 2048)}
 TINY_VOCAB = {"bert": ("mlm", 512), "gpt": ("causal", 512)}
 KEEP = ("index.json", "tokenizer.json")
 

@@ -194,7 +194,8 @@ def ds_config(args, steps: int, raptr: dict, job_name: str) -> dict:
         "scheduler": {"type": "WarmupCosineLR", "params": {
             "total_num_steps": steps, "warmup_num_steps": max(1, round(args.warmup * steps)),
             "warmup_min_ratio": 0.0, "cos_min_ratio": COS_MIN_RATIO}},
-        "zero_optimization": {"stage": 0},
+        # bf16: ZeRO-1, since DeepSpeed's ZeRO-0 bf16 wrapper updates every parameter each step
+        "zero_optimization": {"stage": 1 if args.precision == "bf16" else 0},
         "tensorboard": {"enabled": True, "output_path": os.path.join(args.out, "tensorboard"),
                         "job_name": job_name},
         "raptr": dict(raptr, kernels=args.kernels) if args.kernels != "eager" else raptr,

@@ -81,6 +81,7 @@ def test_bf16_and_kernels_reach_every_config(tmp_path):
 
     for run in plan_runs(_args(tmp_path, precision="bf16", kernels="auto"), "data"):
         assert run.config["bf16"] == {"enabled": True}
+        assert run.config["zero_optimization"] == {"stage": 1}  # not ZeRO-0's bf16 wrapper
         assert run.config["raptr"]["kernels"] == "auto"
 
 
