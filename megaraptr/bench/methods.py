@@ -128,7 +128,7 @@ ABLATIONS: Dict[str, Callable[[int, int, "object"], dict]] = {
     "raptr-sqrt-scaled": lambda L, N, a: _raptr(L, N, scaling="inverse_sqrt_keep_prob"),
     # a stacking-style first stage: exactly the bottom L/2 - 1 layers and the last one run, as
     # the fixed layers of every stage (the top half is sampled from stage 2 on)
-    "raptr-fixed-half": lambda L, N, a: _raptr(L, N, fixed_layers=list(range(L // 2 - 1)) + [-1]),
+    "raptr-fixed-half": lambda L, N, a: _raptr(L, N, fixed_layers="first_stage"),
     # 40% of the run on the full model at RAPTR's layer FLOPs (6-7-8-12 at .2/.2/.2/.4)
     "raptr-late-full-stage": lambda L, N, a: _raptr(L, N, schedule=[
         {"layers": d, "fraction": f} for d, f in zip(late_full_depths(L), (.2, .2, .2, .4))]),
