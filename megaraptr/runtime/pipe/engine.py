@@ -123,8 +123,9 @@ class RaptrPipelineEngine(RaptrEngine):
         self.costs = costs
         self.layer_parts = tuple(ds_engine.module.raptr_layer_parts)
         compat.require(self.deepspeed_patches, "pipe_partition")  # build_module checked it
-        if ds_engine.zero_optimization() or ds_engine.bfloat16_enabled():  # optim_state reads
-            compat.require(self.deepspeed_patches, "pipe_optim_state")  # DeepSpeed's partitions
+        # checkpoints and re-partitioning read ZeRO-1's or the bf16 optimizer's flat partitions
+        if ds_engine.zero_optimization() or ds_engine.bfloat16_enabled():
+            compat.require(self.deepspeed_patches, "pipe_optim_state")
         install_pipeline_norm(ds_engine, self.deepspeed_patches)
 
     @property
