@@ -35,3 +35,10 @@ class CheckpointError(MegaraptrError):
     """A checkpoint cannot be resumed as asked (missing, or made under another schedule)."""
 
     exit_code = 2
+
+
+class DeepSpeedCompatError(MegaraptrError):
+    """The installed DeepSpeed differs, in code megaraptr cannot run safely without, from the
+    release megaraptr supports (megaraptr.runtime.compat); raised before training starts."""
+
+    exit_code = 2

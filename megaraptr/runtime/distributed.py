@@ -13,6 +13,8 @@ import os
 import socket
 import sys
 
+from megaraptr.runtime import compat
+
 
 def _free_port() -> int:
     with socket.socket() as sock:
@@ -45,7 +47,8 @@ def init_distributed(timeout_minutes: int | None = None) -> None:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
                           MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    if is_cpu():
+    if is_cpu() and compat.guard(compat.PROCESS_PATCHES, "cpu_shm_op_skip"):
+        # TorchBackend takes None for "no shared-memory op"
         sys.modules["deepspeed.comm.torch"].build_shm_op = lambda: None
     kwargs = {}
     if timeout_minutes is not None:

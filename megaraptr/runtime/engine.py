@@ -29,7 +29,7 @@ from megaraptr.core.schedule import Schedule, rewarm_multiplier
 from megaraptr.core.stage import Stage
 from megaraptr.errors import ConfigError
 from megaraptr.kernels import apply_kernels, fused_optimizer, resolve_kernels
-from megaraptr.runtime import consistency, resume_state
+from megaraptr.runtime import compat, consistency, resume_state
 from megaraptr.runtime.layer_copy import copy_layers
 from megaraptr.runtime.zero.groups import (FrozenLayers, clear_stale_zero3_grads, has_layer_groups,
                                            layer_param_groups)
@@ -77,7 +77,13 @@ class RaptrEngine:
         self.sampler = SubnetworkSampler(schedule, seed, partitions)
         self.blocks = find_blocks(ds_engine.module, partial=self.is_pipeline)
         self.zero_stage = ds_engine.zero_optimization_stage()
-        self.trace = SubnetworkTrace(ds_engine, self.blocks) if self.zero_stage == 3 else None
+        self.deepspeed_patches = dict(compat.PROCESS_PATCHES)
+        """Each DeepSpeed patch megaraptr considered: "active" or "fallback: <reason>" (a
+        source differs from DeepSpeed 0.19.8's: DeepSpeed's own path runs); runtime.compat."""
+        self.trace = SubnetworkTrace(ds_engine, self.blocks) if self.zero_stage == 3 and \
+            compat.guard(self.deepspeed_patches, "zero3_prefetch") else None
+        self.private_clear = self.zero_stage == 3 and \
+            compat.guard(self.deepspeed_patches, "zero3_stale_grads")
         self.digest = MaskDigest()
         self.active_layer_steps = 0
         """Sum over applied steps of the number of layers that ran."""
@@ -90,12 +96,15 @@ class RaptrEngine:
         self.freezer = None
         self.fast_norm = self.fast_step = False
         if has_layer_groups(ds_engine.basic_optimizer):
-            self.freezer = FrozenLayers(ds_engine.basic_optimizer, ds_engine.optimizer)
+            self.freezer = FrozenLayers(ds_engine.basic_optimizer, ds_engine.optimizer,
+                                        self.deepspeed_patches)
         if self.freezer is not None and not self.is_pipeline:  # pipelines: DeepSpeed's own
-            self.fast_norm = install_layer_norm(ds_engine.optimizer, lambda: self.freezer.frozen)
+            self.fast_norm = install_layer_norm(ds_engine.optimizer, lambda: self.freezer.frozen,
+                                                self.deepspeed_patches)
             if self.freeze_skipped:
                 self.fast_step = install_frozen_step(ds_engine.optimizer,
-                                                     lambda: self.freezer.frozen)
+                                                     lambda: self.freezer.frozen,
+                                                     self.deepspeed_patches)
 
     def __getattr__(self, name):
         return getattr(self.__dict__["ds"], name)
@@ -228,7 +237,7 @@ class RaptrEngine:
             return
         if not (self.freeze_skipped and self.fast_norm):
             params = [p for i in mask.skipped_ids for p in self.blocks[i].parameters()]
-            clear_stale_zero3_grads(self.ds.optimizer, params)
+            clear_stale_zero3_grads(self.ds.optimizer, params, private=self.private_clear)
 
     @torch.no_grad()
     def evaluate(self, batches: Sequence[dict]) -> float:

@@ -30,6 +30,7 @@ from megaraptr.methods import build_schedule, split_ds_config
 from megaraptr.models import optimizer_groups as default_groups
 from megaraptr.models.pipe import copy_reference_weights, layer_specs, loss_fn, spec_bounds
 from megaraptr.planning.balance import Costs, imbalance, plan_partitions
+from megaraptr.runtime import compat
 from megaraptr.runtime.engine import RaptrEngine, StepResult
 from megaraptr.runtime.pipe.norm import install_pipeline_norm
 from megaraptr.runtime.zero.groups import layer_param_groups
@@ -84,7 +85,13 @@ def check_pipeline(num_stages: int, num_layers: int, ds_config: dict,
 def build_module(name: str, cfg, *, num_stages: int, layer_parts: Partition,
                  reference: Optional[torch.nn.Module] = None, topology=None):
     """The pipeline module of reference model ``name`` under ``layer_parts``; with
-    ``reference``, this stage's specs get that model's weights."""
+    ``reference``, this stage's specs get that model's weights.
+
+    Raises:
+        DeepSpeedCompatError: the installed DeepSpeed's ``PipelineModule`` differs from the
+            one the partition override was written for (no fallback places the partition).
+    """
+    compat.require(None, "pipe_partition")
     cls = _pipeline_module_class()
     kwargs = dict(topology=topology) if topology is not None else dict(num_stages=num_stages)
     module = cls(layer_specs(name, cfg), spec_parts=spec_bounds(layer_parts, cfg.num_layers),
@@ -115,7 +122,11 @@ class RaptrPipelineEngine(RaptrEngine):
         self.partitions = tuple(tuple(p) for p in partitions)
         self.costs = costs
         self.layer_parts = tuple(ds_engine.module.raptr_layer_parts)
-        install_pipeline_norm(ds_engine)
+        compat.require(self.deepspeed_patches, "pipe_partition")  # build_module checked it
+        # checkpoints and re-partitioning read ZeRO-1's or the bf16 optimizer's flat partitions
+        if ds_engine.zero_optimization() or ds_engine.bfloat16_enabled():
+            compat.require(self.deepspeed_patches, "pipe_optim_state")
+        install_pipeline_norm(ds_engine, self.deepspeed_patches)
 
     @property
     def num_stages(self) -> int:
