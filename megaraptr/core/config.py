@@ -133,8 +133,10 @@ class StackingSpec(BaseModel):
 
     model_config = _STRICT
 
-    optimizer_state: Literal["fresh"] = "fresh"
-    """New layers start with fresh optimizer state (they never stepped before they exist)."""
+    optimizer_state: Literal["fresh", "copy", "reset_all"] = "fresh"
+    """Optimizer state at a growth: "fresh": the new layers start with none (they never stepped
+    before they existed); "copy": each new layer takes its source layer's Adam moments and step
+    count; "reset_all": every layer starts over (moments zero, step 0)."""
 
 
 METHOD_DEFAULTS = {  # per method: the schema's defaults; behaviour lives in megaraptr.methods

@@ -22,7 +22,7 @@ import torch
 
 from megaraptr import methods
 from megaraptr.core.block import find_blocks, set_layer_mask
-from megaraptr.core.config import RaptrConfig
+from megaraptr.core.config import RaptrConfig, StackingSpec
 from megaraptr.core.mask import LayerMask, MaskDigest
 from megaraptr.core.sampler import SubnetworkSampler
 from megaraptr.core.schedule import Schedule, rewarm_multiplier
@@ -30,7 +30,7 @@ from megaraptr.core.stage import Stage
 from megaraptr.errors import ConfigError
 from megaraptr.kernels import apply_kernels, fused_optimizer, resolve_kernels
 from megaraptr.runtime import compat, consistency, resume_state
-from megaraptr.runtime.layer_copy import copy_layers
+from megaraptr.runtime.layer_copy import copy_layers, copy_optimizer_state, reset_optimizer_state
 from megaraptr.runtime.zero.groups import (FrozenLayers, clear_stale_zero3_grads, has_layer_groups,
                                            layer_param_groups)
 from megaraptr.runtime.zero.norm import install_layer_norm
@@ -224,8 +224,19 @@ class RaptrEngine:
 
     def copy_layers(self, copies) -> None:
         """Copy layer ``source`` onto layer ``target`` for each (target, source), in the module
-        and in the optimizer's fp32 master weights, on every rank (stacking's growth)."""
+        and in the optimizer's fp32 master weights, on every rank (stacking's growth); the
+        optimizer state follows ``"stacking": {"optimizer_state"}``."""
         copy_layers(self.ds, self.blocks, copies)
+        mode = (self.config.stacking or StackingSpec()).optimizer_state
+        if mode == "fresh" or self.freezer is None:
+            return
+        basic = self.ds.basic_optimizer
+        compat.require(self.deepspeed_patches, "stacking_optimizer_state")
+        if mode == "copy":
+            copy_optimizer_state(self.ds.optimizer, basic, copies)
+        else:
+            reset_optimizer_state(basic)
+        self.freezer.forget_state()  # DeepSpeed re-links its state views after the next update
 
     def _before_optimizer_step(self, mask: LayerMask) -> None:
         """Gradients are reduced; the optimizer has not run: mend what ZeRO-3 left stale.

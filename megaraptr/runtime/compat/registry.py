@@ -238,6 +238,14 @@ PATCHES: Dict[str, Patch] = {
         names={Z12: ("_hp_optimizer_states_linked",), BF16: ("_hp_optimizer_states_linked",)},
         fallback="DeepSpeed links the views once, after step 1: safe_get_full_optimizer_state "
                  "finds no Adam state for layers first trained later (training is unchanged)"),
+    "stacking_optimizer_state": Patch(
+        where="megaraptr/runtime/layer_copy.py",
+        what='copies a source layer\'s optimizer state to its new layer ("stacking": '
+             '{"optimizer_state": "copy"}) or drops every layer\'s ("reset_all") in the torch '
+             "optimizer, whose state ZeRO-3 keys by each sub-group's flat fp32 partition",
+        sources=(Z3 + "._optimizer_step",),
+        names={Z3: ("fp32_partitioned_groups_flat", "sub_group_to_group_id")},
+        no_fallback="DeepSpeed has no way to copy one layer's optimizer state to another"),
     "pipe_partition": Patch(
         where="megaraptr/runtime/pipe/engine.py, megaraptr/models/pipe.py",
         what="overrides PipelineModule._partition_layers to place the planned layer partition, "

@@ -144,6 +144,11 @@ class FrozenLayers:
         self._step = basic_optimizer.step
         basic_optimizer.step = self._filtered_step
 
+    def forget_state(self) -> None:
+        """Every group holds optimizer state anew from its next update (after a copy or a reset
+        of the state): DeepSpeed's per-parameter views are linked again then."""
+        self._stateless = {id(g) for g in self._optimizer.param_groups}
+
     def set_frozen(self, layer_ids: Iterable[int]) -> None:
         """Layers whose groups the next optimizer step leaves alone."""
         self.frozen = frozenset(layer_ids)
