@@ -35,3 +35,9 @@ class CheckpointError(MegaraptrError):
     """A checkpoint cannot be resumed as asked (missing, or made under another schedule)."""
 
     exit_code = 2
+
+
+class EngineUsageError(MegaraptrError, AttributeError):
+    """A DeepSpeed engine call that megaraptr's engine refuses because it would bypass the
+    step's subnetwork (``engine.step()``, ``engine.backward(loss)``, ...): names the call to
+    use instead. An ``AttributeError``, so ``hasattr(engine, "step")`` is False."""
