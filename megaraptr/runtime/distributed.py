@@ -51,3 +51,11 @@ def init_distributed(timeout_minutes: int | None = None) -> None:
     if timeout_minutes is not None:
         kwargs["timeout"] = timedelta(minutes=timeout_minutes)
     deepspeed.init_distributed(**kwargs)
+
+
+def shutdown_distributed() -> None:
+    """Tear the process group down at the end of a run (a no-op when none was started)."""
+    import torch
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
