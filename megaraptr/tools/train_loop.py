@@ -36,6 +36,13 @@ def to_device(batches: List[dict], device, inputs=None) -> List[dict]:
     return [inputs(b) for b in moved] if inputs else moved
 
 
+class _Bar(tqdm):
+    """The progress bar, without tqdm's monitor thread (a daemon thread that only adjusts
+    ``miniters``; one thread fewer that could run garbage collection as the run exits)."""
+
+    monitor_interval = 0
+
+
 @dataclasses.dataclass
 class History:
     """The run's record across sessions (saved in checkpoints as ``client_state["train"]``)."""
@@ -85,7 +92,7 @@ class TrainLoop:
         """Train from the engine's applied step to --exit-at-step or --train-steps."""
         flags, history, batches = self.flags, self.history, self.batches
         stop_at = flags.exit_at_step or flags.train_steps
-        bar = tqdm(total=flags.train_steps, initial=self.setup.engine.applied_steps,
+        bar = _Bar(total=flags.train_steps, initial=self.setup.engine.applied_steps,
                    disable=self.rank != 0, dynamic_ncols=True, desc="train",
                    mininterval=0.5 if sys.stderr.isatty() else 30)
         while self.setup.engine.applied_steps < stop_at:
