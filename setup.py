@@ -16,6 +16,7 @@ setup(
         "torch>=2.1",
         "deepspeed>=0.19.8,<0.20",
         "numpy",
+        "pydantic>=2.7",  # megaraptr.core.config: attribute docstrings (use_attribute_docstrings)
         "tensorboard",
         "tokenizers",
         "tqdm",

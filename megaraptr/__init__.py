@@ -22,7 +22,8 @@ from megaraptr.core.stage import Stage
 from megaraptr.errors import (CheckpointError, ConfigError, DataError, MegaraptrError,
                               RankMismatchError)
 from megaraptr.methods import build_schedule, parse_raptr_block, split_ds_config
-from megaraptr.runtime.engine import RaptrEngine, StepResult, initialize
+from megaraptr.runtime.engine import RaptrEngine, StepResult
+from megaraptr.runtime.initialize import initialize
 from megaraptr.runtime.zero.groups import layer_param_groups
 
 __version__ = "0.1.0"

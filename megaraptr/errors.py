@@ -42,3 +42,9 @@ class DeepSpeedCompatError(MegaraptrError):
     release megaraptr supports (megaraptr.runtime.compat); raised before training starts."""
 
     exit_code = 2
+
+
+class EngineUsageError(MegaraptrError, AttributeError):
+    """A DeepSpeed engine call that megaraptr's engine refuses because it would bypass the
+    step's subnetwork (``engine.step()``, ``engine.backward(loss)``, ...): names the call to
+    use instead. An ``AttributeError``, so ``hasattr(engine, "step")`` is False."""

@@ -208,6 +208,13 @@ class RaptrConfig(BaseModel):
     def effective_scaling(self) -> str:
         return self.scaling or METHOD_DEFAULTS[self.method]["scaling"]
 
+    def sampler_seed(self, run_seed: Optional[int]) -> int:
+        """The subnetwork sampler's seed: the block's ``seed`` if set, else the run's (else 0).
+        The one place it is resolved: the plain and the pipeline engines both ask here."""
+        if self.seed is not None:
+            return self.seed
+        return 0 if run_seed is None else run_seed
+
     @property
     def trains_subnetworks(self) -> bool:
         """False when every step trains the full model (disabled, or method "full")."""

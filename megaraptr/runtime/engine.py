@@ -1,6 +1,7 @@
-"""RAPTR on top of a DeepSpeed engine: ``megaraptr.initialize`` and one training step.
+"""RAPTR on top of a DeepSpeed engine: one training step on the step's subnetwork.
 
-Usage, in the shape of ``deepspeed.initialize``::
+Usage (``megaraptr.initialize``, :mod:`megaraptr.runtime.initialize`, builds the engine in the
+shape of ``deepspeed.initialize``)::
 
     engine, optimizer, _, lr_scheduler = megaraptr.initialize(
         model=model, model_parameters=param_groups, config="ds_config.json", total_steps=N)
@@ -15,7 +16,9 @@ advance the schedule, and the next call retries the same step with the same subn
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Optional, Sequence
 
 import torch
@@ -27,15 +30,17 @@ from megaraptr.core.mask import LayerMask, MaskDigest
 from megaraptr.core.sampler import SubnetworkSampler
 from megaraptr.core.schedule import Schedule, rewarm_multiplier
 from megaraptr.core.stage import Stage
-from megaraptr.errors import ConfigError
-from megaraptr.kernels import apply_kernels, fused_optimizer, resolve_kernels
-from megaraptr.runtime import compat, consistency, resume_state
+from megaraptr.runtime import compat, consistency, resume_state, surface
 from megaraptr.runtime.layer_copy import copy_layers, copy_optimizer_state, reset_optimizer_state
-from megaraptr.runtime.zero.groups import (FrozenLayers, clear_stale_zero3_grads, has_layer_groups,
-                                           layer_param_groups)
+from megaraptr.runtime.zero.groups import FrozenLayers, clear_stale_zero3_grads, has_layer_groups
 from megaraptr.runtime.zero.norm import install_layer_norm
 from megaraptr.runtime.zero.prefetch import SubnetworkTrace
 from megaraptr.runtime.zero.step import install_frozen_step
+
+NOT_INSTALLED = MappingProxyType({"mode": "eager", "requested": "eager",
+                                  "optimizer": "as configured",
+                                  "reason": "not installed (pipelines run eager kernels)"})
+"""The kernels report of an engine no kernels were installed on (copied per engine)."""
 
 
 @dataclass
@@ -65,13 +70,24 @@ def loss_of(output) -> torch.Tensor:
 class RaptrEngine:
     """A DeepSpeed engine that trains one subnetwork per optimizer step.
 
-    Attributes not defined here (``module``, ``global_steps``, ``monitor``, ...) are the
-    DeepSpeed engine's, reachable as ``engine.ds`` too.
+    Its surface: ``train_step`` trains, ``evaluate`` and ``engine(**batch)`` evaluate the full
+    model, ``save_checkpoint``/``load_checkpoint`` carry megaraptr's state. Of the DeepSpeed
+    engine (``engine.ds``), only the harmless attributes in
+    :data:`megaraptr.runtime.surface.FORWARDED` are readable here (``module``,
+    ``global_steps``, ``monitor``, ``optimizer``, ``lr_scheduler``, ``device``, the batch
+    sizes, ...); ``step``, ``backward``, ``forward`` and ``train_batch`` would bypass the
+    step's subnetwork and raise :class:`megaraptr.errors.EngineUsageError` naming
+    ``train_step``; anything else is ``engine.ds``'s to reach deliberately.
+
+    Attributes:
+        kernels: what :mod:`megaraptr.kernels` installed (set by :func:`megaraptr.initialize`; a
+            pipeline engine runs eager kernels).
     """
 
     def __init__(self, ds_engine, *, config: RaptrConfig, schedule: Schedule, seed: int,
-                 partitions=None):
+                 partitions=None, kernels: Optional[dict] = None):
         self.ds = ds_engine
+        self.kernels = dict(kernels or NOT_INSTALLED)  # per engine, never shared
         self.config = config
         self.schedule = schedule
         self.sampler = SubnetworkSampler(schedule, seed, partitions)
@@ -106,12 +122,8 @@ class RaptrEngine:
                                                      lambda: self.freezer.frozen,
                                                      self.deepspeed_patches)
 
-    def __getattr__(self, name):
-        return getattr(self.__dict__["ds"], name)
-
-    kernels: dict = {"mode": "eager", "requested": "eager", "optimizer": "as configured",
-                     "reason": "not installed (pipelines run eager kernels)"}
-    """What megaraptr.kernels installed (set by :func:`initialize`)."""
+    def __getattr__(self, name):  # only names not found on the engine itself get here
+        return surface.forwarded(self.__dict__.get("ds"), type(self).__name__, name)
 
     is_pipeline = False
     """True in :class:`megaraptr.runtime.pipe.engine.RaptrPipelineEngine` (the blocks of one stage)."""
@@ -250,24 +262,45 @@ class RaptrEngine:
             params = [p for i in mask.skipped_ids for p in self.blocks[i].parameters()]
             clear_stale_zero3_grads(self.ds.optimizer, params, private=self.private_clear)
 
+    @contextlib.contextmanager
+    def _full_model(self):
+        """Eval mode (every block runs, unscaled) for the body, then the previous mode."""
+        was_training = self.ds.module.training
+        eval_mask = self.schedule.policy.eval_mask(self.sampler, self.applied_steps)
+        if eval_mask is not None:  # stacking: the model that exists now
+            set_layer_mask(self.blocks, eval_mask)
+        self.ds.eval()
+        try:
+            yield
+        finally:
+            self.ds.train(was_training)
+
+    @torch.no_grad()
+    def __call__(self, *args, **kwargs):
+        """The full model's output on one batch (``engine(**batch)``), with eval semantics.
+
+        Every block runs, unscaled, without dropout (under stacking: the blocks that exist
+        now), whatever the engine's mode: in train mode the module is switched to eval for
+        this call and back afterwards, so the call never runs a training subnetwork. No
+        gradients are recorded (a backward through it would bypass ``train_step``). Every
+        data-parallel rank must call it together under ZeRO-3, as for any forward there.
+        """
+        with self._full_model():
+            return self.ds(*args, **kwargs)
+
     @torch.no_grad()
     def evaluate(self, batches: Sequence[dict]) -> float:
         """Mean loss of the full model over ``batches`` on all ranks, weighted by the number
         of predicted tokens (labels other than -100)."""
         from deepspeed import comm as dist
 
-        was_training = self.ds.module.training
-        eval_mask = self.schedule.policy.eval_mask(self.sampler, self.applied_steps)
-        if eval_mask is not None:  # stacking: the model that exists now
-            set_layer_mask(self.blocks, eval_mask)
-        self.ds.eval()
         sums = torch.zeros(2, dtype=torch.float64, device=self.ds.device)
-        for batch in batches:
-            count = (batch["labels"] != -100).sum()
-            sums[0] += loss_of(self.ds(**batch)).double() * count
-            sums[1] += count
+        with self._full_model():
+            for batch in batches:
+                count = (batch["labels"] != -100).sum()
+                sums[0] += loss_of(self.ds(**batch)).double() * count
+                sums[1] += count
         dist.all_reduce(sums, group=self.ds.data_parallel_group)
-        self.ds.train(was_training)
         return float(sums[0] / sums[1])
 
     def save_checkpoint(self, save_dir: str, tag: Optional[str] = None,
@@ -283,66 +316,3 @@ class RaptrEngine:
         path, client_state = self.ds.load_checkpoint(load_dir, tag=tag, **kwargs)
         resume_state.restore_raptr_state(self, path, client_state, override_schedule)
         return path, client_state
-
-
-def initialize(args=None, model=None, optimizer=None, model_parameters=None,
-               training_data=None, lr_scheduler=None, config=None, *, total_steps: int,
-               seed: Optional[int] = None, partitions=None, **ds_kwargs):
-    """``deepspeed.initialize`` with RAPTR: returns (engine, optimizer, dataloader, scheduler).
-
-    Args:
-        config: the DeepSpeed config (dict or JSON path), with an optional "raptr" block;
-            ``args.deepspeed_config`` is used when None.
-        total_steps: the run's total optimizer steps N (the schedule spans 1..N).
-        seed: sampler seed when the raptr block gives none (default 0).
-        optimizer: None (the ds_config "optimizer" block), a callable taking parameter groups,
-            or a torch optimizer built from :func:`megaraptr.layer_param_groups`.
-        partitions: "balanced" sampling's layer partition per schedule stage (default: one
-            part; a pipeline run's plan reproduces its subnetworks without a pipeline).
-        Other arguments go to ``deepspeed.initialize`` unchanged.
-
-    Raises:
-        ConfigError: a bad raptr block or schedule, before DeepSpeed builds anything.
-    """
-    import deepspeed
-
-    if config is None and args is not None:
-        config = getattr(args, "deepspeed_config", None)
-    if config is None:
-        raise ConfigError("config", "a DeepSpeed config (dict or JSON path) is required")
-    raptr_config, ds_config = methods.split_ds_config(config)
-    blocks = find_blocks(model)
-    schedule = methods.build_schedule(raptr_config, num_layers=len(blocks), total_steps=total_steps)
-    kernels, ds_config, optimizer = _install_kernels(raptr_config.kernels, model, blocks,
-                                                     ds_config, optimizer)
-    if isinstance(optimizer, torch.optim.Optimizer):
-        if raptr_config.trains_subnetworks and raptr_config.skipped_layers == "freeze" and \
-                not has_layer_groups(optimizer):
-            raise ConfigError("raptr.skipped_layers", '"freeze" needs an optimizer built from '
-                              "megaraptr.layer_param_groups(model, ...) or none at all")
-        groups = model_parameters
-    else:
-        groups = layer_param_groups(model, blocks, model_parameters)
-    if args is not None and getattr(args, "deepspeed_config", None) is not None:
-        args.deepspeed_config = None  # the dict below is the config; DeepSpeed refuses both
-    ds_engine, ds_optimizer, dataloader, scheduler = deepspeed.initialize(
-        args=args, model=model, optimizer=optimizer, model_parameters=groups,
-        training_data=training_data, lr_scheduler=lr_scheduler, config=ds_config, **ds_kwargs)
-    sampler_seed = raptr_config.seed if raptr_config.seed is not None else (seed or 0)
-    engine = RaptrEngine(ds_engine, config=raptr_config, schedule=schedule, seed=sampler_seed,
-                         partitions=partitions)
-    engine.kernels = kernels
-    return engine, ds_optimizer, dataloader, scheduler
-
-
-def _install_kernels(mode: str, model, blocks, ds_config: dict, optimizer):
-    """Resolve the "kernels" setting for this device and ZeRO stage and install it on the
-    model and the optimizer; returns (report, ds_config, optimizer) (megaraptr.kernels)."""
-    from deepspeed.accelerator import get_accelerator
-
-
-    stage = int((ds_config.get("zero_optimization") or {}).get("stage", 0))
-    plan = resolve_kernels(mode, device=get_accelerator().device_name(), zero_stage=stage)
-    installed = apply_kernels(model, blocks, plan)
-    ds_config, optimizer, choice = fused_optimizer(ds_config, plan, optimizer)
-    return dict(plan.to_dict(), optimizer=choice, **installed), ds_config, optimizer

@@ -7,7 +7,6 @@ they resolved (:class:`Checked`); :func:`resolve_costs` picks the step costs of 
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from typing import List, Optional
 
@@ -18,7 +17,7 @@ from megaraptr.methods import build_schedule, parse_raptr_block
 from megaraptr.models import SIZES, num_layers
 from megaraptr.planning.step_costs import REFERENCE, parse_costs, profile
 from megaraptr.tools.preflight import validate
-from megaraptr.tools.train_args import parse_args
+from megaraptr.tools.train_args import TrainFlags, parse_args
 
 
 @dataclass
@@ -26,7 +25,7 @@ class Checked:
     """A config that passed training's checks, with what they resolved."""
 
     path: str
-    args: argparse.Namespace
+    args: TrainFlags
     """The training flags it was checked under (``megaraptr.tools.train_args.parse_args``)."""
     raptr: object
     ds_config: dict
@@ -71,10 +70,11 @@ def check(path: str, *, model: str, size: Optional[str], train_steps: Optional[i
                               "scheduler.params.total_num_steps")
     argv = ["--deepspeed_config", str(path), "--model", model, "--size", size,
             "--train-steps", str(steps), "--pipeline-stages", str(pipeline_stages)]
-    args = parse_args(argv + list(extra or []))
-    raptr, prepared = validate(args)
-    schedule = build_schedule(raptr, num_layers=num_layers(size), total_steps=args.train_steps)
-    return Checked(str(path), args, raptr, prepared, schedule, steps_from)
+    flags = parse_args(argv + list(extra or []))
+    plan = validate(flags)
+    schedule = build_schedule(plan.raptr, num_layers=num_layers(size),
+                              total_steps=flags.train_steps)
+    return Checked(str(path), flags, plan.raptr, plan.ds_config, schedule, steps_from)
 
 
 def describe_method(raptr, schedule) -> str:

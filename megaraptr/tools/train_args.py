@@ -2,13 +2,15 @@
 
 argparse rejects malformed flags with exit code 2; :func:`parse_args` adds the checks that
 need more than one flag and the launchers' conventions (``--local_rank`` from the deepspeed
-launcher, ``--deepspeed`` as a no-op switch like DeepSpeed's own scripts).
+launcher, ``--deepspeed`` as a no-op switch like DeepSpeed's own scripts), and returns the
+flags as a frozen :class:`TrainFlags`: the parts of a run read them, none writes them.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from megaraptr.models import MODELS, SIZES
 
@@ -87,12 +89,47 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+@dataclasses.dataclass(frozen=True)
+class TrainFlags:
+    """The flags of one ``megaraptr-train`` run, as parsed (defaults live in the parser)."""
+
+    deepspeed_config: str
+    deepspeed: bool
+    model: str
+    size: str
+    objective: str
+    ul2_s_share: Optional[float]
+    data: Optional[Tuple[str, ...]]
+    """--data: the paths in the order given (None: the built-in sample)."""
+    tokenizer: Optional[str]
+    vocab_size: int
+    seq_len: int
+    """--seq-len, or the size's default (:data:`DEFAULT_SEQ_LEN`)."""
+    train_steps: int
+    exit_at_step: Optional[int]
+    eval_interval: int
+    eval_sequences: int
+    save: Optional[str]
+    save_interval: int
+    load: Optional[str]
+    override_raptr_schedule: bool
+    seed: int
+    """--seed: model initialization, data order and dropout (the sampler's seed is the raptr
+    block's when it sets one: :attr:`megaraptr.tools.preflight.RunPlan.sampler_seed`)."""
+    lr: float
+    dropout: float
+    activation_checkpointing: str
+    kernels: Optional[str]
+    pipeline_stages: int
+    summary: Optional[str]
+    local_rank: int
+
+
+def parse_args(argv: Optional[List[str]] = None) -> TrainFlags:
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.notes = []  # what the run changed in the config, printed once it starts
-    if args.seq_len is None:
-        args.seq_len = DEFAULT_SEQ_LEN[args.size]
     if not 0.0 <= args.dropout < 1.0:
         parser.error(f"--dropout: must be in [0, 1), got {args.dropout}")
-    return args
+    seq_len = args.seq_len if args.seq_len is not None else DEFAULT_SEQ_LEN[args.size]
+    data = tuple(args.data) if args.data is not None else None
+    return TrainFlags(**dict(vars(args), seq_len=seq_len, data=data))

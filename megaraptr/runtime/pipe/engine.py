@@ -25,7 +25,7 @@ from megaraptr import methods
 from megaraptr.core.block import find_blocks
 from megaraptr.core.config import PipelineSpec
 from megaraptr.core.partition import Partition
-from megaraptr.errors import ConfigError
+from megaraptr.errors import ConfigError, EngineUsageError
 from megaraptr.methods import build_schedule, split_ds_config
 from megaraptr.models import optimizer_groups as default_groups
 from megaraptr.models.pipe import copy_reference_weights, layer_specs, loss_fn, spec_bounds
@@ -157,6 +157,13 @@ class RaptrPipelineEngine(RaptrEngine):
             restore()
         return self._result(step, stage, mask, float(loss))
 
+    def __call__(self, *args, **kwargs):
+        """Refused: a pipeline runs a batch on all its stages at once (DeepSpeed's own
+        ``PipelineEngine.forward`` refuses too); :meth:`evaluate` is the full model's loss."""
+        raise EngineUsageError("RaptrPipelineEngine(**batch): a pipeline runs a batch on all "
+                               "its stages together; engine.evaluate(batches) evaluates the "
+                               "full model, engine.train_step(micro_batches) trains")
+
     @property
     def mlm(self) -> bool:
         return self.ds.module.raptr_model == "bert"
@@ -227,6 +234,6 @@ def initialize(name: str, cfg, *, config, num_stages: int, total_steps: int, see
                                 (optimizer_groups or default_groups)(module))
     ds_engine, _, _, _ = deepspeed.initialize(model=module, model_parameters=groups,
                                               config=ds_config)
-    sampler_seed = raptr_config.seed if raptr_config.seed is not None else seed
     return RaptrPipelineEngine(ds_engine, config=raptr_config, schedule=schedule,
-                               seed=sampler_seed, partitions=partitions, costs=costs)
+                               seed=raptr_config.sampler_seed(seed), partitions=partitions,
+                               costs=costs)
