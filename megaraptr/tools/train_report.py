@@ -2,7 +2,7 @@
 
 :func:`print_header` (rank 0) says what runs: model, parameters, processes, method, tokens
 per step, kernels, TensorBoard folder, the schedule's stages, the setup's own lines (a
-pipeline's partitions) and the run's notes. :func:`summarize` builds the summary dict that
+pipeline's partitions), the DeepSpeed patches in force and the run's notes. :func:`summarize` builds the summary dict that
 ``--summary FILE`` holds; :func:`report` prints each node's digest line and rank 0's result
 line, and writes the file.
 """
@@ -13,6 +13,7 @@ import os
 import socket
 from typing import Optional
 
+from megaraptr.runtime import compat
 from megaraptr.tools.preflight import RunPlan
 from megaraptr.tools.train_loop import History
 from megaraptr.tools.train_setup import TrainSetup
@@ -28,6 +29,7 @@ def print_header(plan: RunPlan, setup: TrainSetup, *, world: int, tokens_per_ste
           f"(optimizer: {engine.kernels['optimizer']}), TensorBoard: {tb_dir}", flush=True)
     for row in engine.schedule.describe():
         print("  " + "  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+    print(f"megaraptr: {compat.describe(engine.deepspeed_patches)}", flush=True)
     for line in setup.describe():
         print(f"megaraptr: {line}", flush=True)
     for note in notes:
@@ -38,7 +40,6 @@ def summarize(plan: RunPlan, setup: TrainSetup, history: History, *, final: Opti
               session_seconds: float, world: int, tb_dir: Optional[str]) -> dict:
     """The summary JSON of a finished (or --exit-at-step) session."""
     engine, flags = setup.engine, plan.flags
-    patches = getattr(engine, "deepspeed_patches", None)
     return {
         "steps": engine.applied_steps, "finished": engine.applied_steps >= flags.train_steps,
         "final_eval_loss": final, "initial_eval_loss": history.initial_eval_loss,
@@ -49,7 +50,7 @@ def summarize(plan: RunPlan, setup: TrainSetup, history: History, *, final: Opti
         "expected_layer_flops_fraction": engine.schedule.expected_flops_fraction(),
         "subnetwork_digest": engine.digest.hexdigest, "raptr_enabled": plan.raptr.enabled,
         "method": plan.method, "kernels": engine.kernels,
-        **({"deepspeed_patches": patches} if patches is not None else {}),
+        "deepspeed_patches": engine.deepspeed_patches,
         "model": flags.model, "size": flags.size, "objective": flags.objective,
         "world_size": world, "pipeline": setup.summary(),
         "schedule": engine.schedule.describe(), "tensorboard_dir": tb_dir,
