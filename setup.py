@@ -16,6 +16,7 @@ setup(
         "torch>=2.1",
         "deepspeed>=0.19.8,<0.20",
         "numpy",
+        "pydantic>=2.7",
         "tensorboard",
         "tokenizers",
         "tqdm",
