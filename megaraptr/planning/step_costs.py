@@ -1,11 +1,11 @@
 """Wall-clock cost model of a schedule: t(k) = fixed + per_layer * k, and its ideal speedup.
 
 A training step that runs k of L layers takes t(k) = fixed + per_layer * k in plain PyTorch
-(measured linear in k: ``../shared/docs/gpu.md``); ``fixed`` is what does not shrink with the
-layers (embeddings, head and loss, the optimizer's share outside the blocks). The ideal
-wall-clock speedup of a schedule is the full step's time over the mean step time:
-t(L) / mean over steps of t(E[k]); by linearity that is exact in expectation for every
-sampling. The costs come from one of three places, each labelled where it is printed:
+(measured linear in k on one H200: ``docs/reference-costs.md``); ``fixed`` is what does
+not shrink with the layers (embeddings, head and loss, the optimizer's share outside the
+blocks). The ideal wall-clock speedup of a schedule is the full step's time over the mean
+step time: t(L) / mean over steps of t(E[k]); by linearity that is exact in expectation for
+every sampling. The costs come from one of three places, each labelled where it is printed:
 
 - :data:`REFERENCE`: plain-PyTorch costs measured on one NVIDIA H200 for the shipped shapes;
 - :func:`parse_costs`: given on the command line (``layer=5.05,fixed=6.0``);
@@ -43,10 +43,10 @@ class StepCosts:
 REFERENCE = {
     ("bert", "base"): StepCosts(6.0, 5.05, "reference: BERT-base shape, masked MLM head, "
                                 + _H200.format(tokens="64 x 512", vocab=30522)
-                                + " (../shared/docs/gpu.md)"),
+                                + " (docs/reference-costs.md)"),
     ("gpt", "medium"): StepCosts(19.0, 3.93, "reference: GPT-medium shape, full LM head, "
                                  + _H200.format(tokens="16 x 1024", vocab=50304)
-                                 + " (../shared/docs/gpu.md)"),
+                                 + " (docs/reference-costs.md)"),
     ("bert", "medium"): StepCosts(5.29, 3.72, "reference: BERT-large shape, masked MLM head, "
                                   + _H200.format(tokens="32 x 512", vocab=30522)
                                   + " (docs/gpu/step_costs-h200-2026-11-27.json)"),
