@@ -32,6 +32,7 @@ from megaraptr.core.schedule import Schedule, rewarm_multiplier
 from megaraptr.core.stage import Stage
 from megaraptr.runtime import compat, consistency, resume_state, surface
 from megaraptr.runtime.layer_copy import copy_layers, copy_optimizer_state, reset_optimizer_state
+from megaraptr.runtime.skip_probe import SkipProbe
 from megaraptr.runtime.zero.groups import FrozenLayers, clear_stale_zero3_grads, has_layer_groups
 from megaraptr.runtime.zero.norm import install_layer_norm
 from megaraptr.runtime.zero.prefetch import SubnetworkTrace
@@ -101,6 +102,7 @@ class RaptrEngine:
         self.private_clear = self.zero_stage == 3 and \
             compat.guard(self.deepspeed_patches, "zero3_stale_grads")
         self.digest = MaskDigest()
+        self.skip_probe = SkipProbe(self.blocks, ds_engine.device)
         self.active_layer_steps = 0
         """Sum over applied steps of the number of layers that ran."""
         self.freeze_skipped = config.trains_subnetworks and config.skipped_layers == "freeze"
@@ -178,6 +180,7 @@ class RaptrEngine:
             if copies:
                 self.copy_layers(copies)
         set_layer_mask(self.blocks, mask)
+        self.skip_probe.arm(mask)
         if self.trace is not None:
             self.trace.prepare(mask.active)
         if self.freeze_skipped:
@@ -210,6 +213,7 @@ class RaptrEngine:
     def _result(self, step: int, stage: Stage, mask: LayerMask, loss: float) -> StepResult:
         """Account for step ``step`` once DeepSpeed has run it: the run's digest and layer
         count move only when the optimizer applied it (not on an fp16 overflow)."""
+        self.skip_probe.verify(step)
         applied = self.applied_steps == step
         if applied:
             self.digest.update(step, mask)

@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 import torch
 
 from megaraptr import methods
-from megaraptr.core.block import find_blocks
+from megaraptr.core.block import check_block_contract, find_blocks
 from megaraptr.core.config import PipelineSpec
 from megaraptr.core.partition import Partition
 from megaraptr.errors import ConfigError, EngineUsageError
@@ -230,6 +230,7 @@ def initialize(name: str, cfg, *, config, num_stages: int, total_steps: int, see
     module = build_module(name, cfg, num_stages=num_stages, layer_parts=parts,
                           reference=reference)
 
+    check_block_contract(find_blocks(module, partial=True))
     groups = layer_param_groups(module, find_blocks(module, partial=True),
                                 (optimizer_groups or default_groups)(module))
     ds_engine, _, _, _ = deepspeed.initialize(model=module, model_parameters=groups,
