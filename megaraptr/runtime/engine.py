@@ -46,13 +46,18 @@ NOT_INSTALLED = MappingProxyType({"mode": "eager", "requested": "eager",
 
 @dataclass
 class StepResult:
-    """What one optimizer step did."""
+    """What one optimizer step did (``engine.train_step`` returns it)."""
 
     step: int
+    """The applied optimizer step it trained (1-based; the schedule's clock)."""
     stage: Stage
+    """The schedule stage of the step (``stage.name``, ``stage.index``, ``stage.keep_prob``)."""
     mask: LayerMask
+    """The subnetwork: ``mask.active`` per layer, ``mask.active_ids``, ``mask.num_active``,
+    ``mask.scale`` (each layer's residual-branch factor), the same on every rank."""
     loss: float
-    """Mean training loss over the micro-batches of this rank."""
+    """Mean training loss over the micro-batches of this rank (``engine.mean_over_ranks``
+    or :class:`~megaraptr.runtime.monitor.StepMonitor` average it over the ranks)."""
     applied: bool
     """False when the optimizer skipped the step (fp16 overflow)."""
     keep_prob: float = 1.0
