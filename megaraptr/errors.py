@@ -48,3 +48,8 @@ class EngineUsageError(MegaraptrError, AttributeError):
     """A DeepSpeed engine call that megaraptr's engine refuses because it would bypass the
     step's subnetwork (``engine.step()``, ``engine.backward(loss)``, ...): names the call to
     use instead. An ``AttributeError``, so ``hasattr(engine, "step")`` is False."""
+
+
+class RunWarning(UserWarning):
+    """A setting that will run, but probably not as meant (e.g. an LR warmup as long as the
+    run); the command line prints it among the run's notes instead."""

@@ -28,6 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from megaraptr.errors import ConfigError
 
+BLOCK_KEY = "raptr"
+"""The ds_config's top-level key of megaraptr's block."""
 _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True, use_attribute_docstrings=True)
 _DEPTHS = re.compile(r"^\s*\d+(\.\d+)?(\s*-\s*\d+(\.\d+)?)*\s*$")
 
@@ -304,3 +306,37 @@ def load_ds_config(config: Union[str, os.PathLike, dict]) -> dict:
     if not isinstance(loaded, dict):
         raise ConfigError("deepspeed_config", f"{path} must hold a JSON object")
     return loaded
+
+
+def _edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance (insertions, deletions, substitutions)."""
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]
+
+
+def check_block_key(ds_config: dict) -> None:
+    """Refuse a top-level key that is a misspelt "raptr" (DeepSpeed ignores unknown keys, so
+    ``"raptor": {...}`` would silently train the full model).
+
+    Raises:
+        ConfigError: naming the key.
+    """
+    for key in ds_config:
+        if isinstance(key, str) and key != BLOCK_KEY and _edit_distance(key.lower(), BLOCK_KEY) <= 2:
+            raise ConfigError(key, 'unknown top-level key; did you mean "raptr"? DeepSpeed '
+                              "ignores unknown keys, so this block would be dropped silently")
+
+
+def scheduler_warmup_note(ds_config: dict, total_steps: int) -> Optional[str]:
+    """A warning when the ds_config's LR scheduler warms up for the whole run (or longer)."""
+    params = (ds_config.get("scheduler") or {}).get("params") or {}
+    warmup = params.get("warmup_num_steps")
+    if isinstance(warmup, int) and not isinstance(warmup, bool) and warmup >= total_steps:
+        return (f"warning: scheduler.params.warmup_num_steps {warmup} is not below the run's "
+                f"{total_steps} steps: the learning rate warms up for the whole run and never "
+                "reaches its peak or decays")
+    return None

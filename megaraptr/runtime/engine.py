@@ -32,6 +32,7 @@ from megaraptr.core.schedule import Schedule, rewarm_multiplier
 from megaraptr.core.stage import Stage
 from megaraptr.runtime import compat, consistency, resume_state, surface
 from megaraptr.runtime.layer_copy import copy_layers, copy_optimizer_state, reset_optimizer_state
+from megaraptr.runtime.skip_probe import SkipProbe
 from megaraptr.runtime.zero.groups import FrozenLayers, clear_stale_zero3_grads, has_layer_groups
 from megaraptr.runtime.zero.norm import install_layer_norm
 from megaraptr.runtime.zero.prefetch import SubnetworkTrace
@@ -45,13 +46,18 @@ NOT_INSTALLED = MappingProxyType({"mode": "eager", "requested": "eager",
 
 @dataclass
 class StepResult:
-    """What one optimizer step did."""
+    """What one optimizer step did (``engine.train_step`` returns it)."""
 
     step: int
+    """The applied optimizer step it trained (1-based; the schedule's clock)."""
     stage: Stage
+    """The schedule stage of the step (``stage.name``, ``stage.index``, ``stage.keep_prob``)."""
     mask: LayerMask
+    """The subnetwork: ``mask.active`` per layer, ``mask.active_ids``, ``mask.num_active``,
+    ``mask.scale`` (each layer's residual-branch factor), the same on every rank."""
     loss: float
-    """Mean training loss over the micro-batches of this rank."""
+    """Mean training loss over the micro-batches of this rank (``engine.mean_over_ranks``
+    or :class:`~megaraptr.runtime.monitor.StepMonitor` average it over the ranks)."""
     applied: bool
     """False when the optimizer skipped the step (fp16 overflow)."""
     keep_prob: float = 1.0
@@ -101,6 +107,7 @@ class RaptrEngine:
         self.private_clear = self.zero_stage == 3 and \
             compat.guard(self.deepspeed_patches, "zero3_stale_grads")
         self.digest = MaskDigest()
+        self.skip_probe = SkipProbe(self.blocks, ds_engine.device)
         self.active_layer_steps = 0
         """Sum over applied steps of the number of layers that ran."""
         self.freeze_skipped = config.trains_subnetworks and config.skipped_layers == "freeze"
@@ -178,6 +185,7 @@ class RaptrEngine:
             if copies:
                 self.copy_layers(copies)
         set_layer_mask(self.blocks, mask)
+        self.skip_probe.arm(mask)
         if self.trace is not None:
             self.trace.prepare(mask.active)
         if self.freeze_skipped:
@@ -210,6 +218,7 @@ class RaptrEngine:
     def _result(self, step: int, stage: Stage, mask: LayerMask, loss: float) -> StepResult:
         """Account for step ``step`` once DeepSpeed has run it: the run's digest and layer
         count move only when the optimizer applied it (not on an fp16 overflow)."""
+        self.skip_probe.verify(step)
         applied = self.applied_steps == step
         if applied:
             self.digest.update(step, mask)

@@ -17,7 +17,7 @@ from typing import Tuple
 
 import torch
 
-from megaraptr.core.config import RaptrConfig
+from megaraptr.core.config import RaptrConfig, scheduler_warmup_note
 from megaraptr.data.ul2 import paper_mixture
 from megaraptr.errors import ConfigError
 from megaraptr.kernels import resolve_kernels
@@ -69,6 +69,9 @@ def prepare_ds_config(flags: TrainFlags, ds_config: dict, *, method: str,
         if before not in (None, "auto", flags.train_steps):
             notes.append(f"scheduler.params.total_num_steps {before} -> {flags.train_steps} "
                          "(--train-steps)")
+    warmup = scheduler_warmup_note(ds_config, flags.train_steps)
+    if warmup is not None:
+        notes.append(warmup)
     board = ds_config.get("tensorboard")
     if board is not None and "job_name" not in board:
         board["job_name"] = f"{label}-{flags.size}-{method}-seed{flags.seed}"

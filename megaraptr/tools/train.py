@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from typing import List, Optional
 
 import torch
 
-from megaraptr.errors import MegaraptrError
+from megaraptr.errors import MegaraptrError, RunWarning
 from megaraptr.runtime import monitor
 from megaraptr.runtime.distributed import init_distributed, shutdown_distributed
 from megaraptr.tools.preflight import validate
@@ -73,6 +74,7 @@ def run(flags: TrainFlags) -> dict:
 
 def main(argv: Optional[List[str]] = None) -> int:
     flags = parse_args(argv)
+    warnings.simplefilter("ignore", RunWarning)  # preflight prints them among the run's notes
     try:
         run(flags)
     except MegaraptrError as err:

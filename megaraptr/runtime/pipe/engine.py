@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 import torch
 
 from megaraptr import methods
-from megaraptr.core.block import find_blocks
+from megaraptr.core.block import check_block_contract, find_blocks
 from megaraptr.core.config import PipelineSpec
 from megaraptr.core.partition import Partition
 from megaraptr.errors import ConfigError, EngineUsageError
@@ -175,15 +175,36 @@ class RaptrPipelineEngine(RaptrEngine):
     @torch.no_grad()
     def evaluate(self, batches) -> float:
         """Mean loss of the full model over ``batches`` (micro-batches of the eval set), the
-        same on every rank. Micro-batches weigh equally (GPT: equal token counts)."""
+        same on every rank. Full micro-batches weigh equally (GPT: equal token counts); a
+        last, shorter one (a held-out set that is not a whole number of micro-batches) is
+        padded with ignored rows, since every micro-batch crossing the pipeline has one shape,
+        and weighs by its real rows."""
         was_training = self.ds.module.training
-        total, size = 0.0, self.ds.micro_batches
-        for start in range(0, len(batches), size):
-            chunk = [pipe_pair(b, self.mlm) for b in batches[start:start + size]]
-            loss = self.ds.eval_batch(iter(chunk), num_micro_batches=len(chunk))
-            total += float(loss) * len(chunk)
+        micro, size = self.ds.train_micro_batch_size_per_gpu(), self.ds.micro_batches
+        full = [b for b in batches if len(b["labels"]) == micro]
+        short = [b for b in batches if len(b["labels"]) != micro]
+        total, weight = 0.0, 0.0
+        for start in range(0, len(full), size):
+            chunk = [pipe_pair(b, self.mlm) for b in full[start:start + size]]
+            total += float(self.ds.eval_batch(iter(chunk), num_micro_batches=len(chunk))) * \
+                len(chunk)
+            weight += len(chunk)
+        for batch in short:  # each alone: eval_batch weighs the micro-batches of a call equally
+            pair = pipe_pair(pad_rows(batch, micro), self.mlm)
+            total += float(self.ds.eval_batch(iter([pair]), num_micro_batches=1)) * \
+                len(batch["labels"]) / micro
+            weight += len(batch["labels"]) / micro
         self.ds.train(was_training)
-        return total / max(len(batches), 1)
+        return total / max(weight, 1e-12)
+
+
+def pad_rows(batch: dict, rows: int) -> dict:
+    """``batch`` with ``rows`` rows: copies of its first row, every label ignored (-100)."""
+    extra = rows - len(batch["labels"])
+    ids = torch.cat([batch["input_ids"], batch["input_ids"][:1].expand(extra, -1)])
+    labels = torch.cat([batch["labels"], torch.full_like(batch["labels"][:1], -100)
+                        .expand(extra, -1)])
+    return {"input_ids": ids, "labels": labels}
 
 
 def pipe_pair(batch: dict, mlm: bool):
@@ -230,6 +251,7 @@ def initialize(name: str, cfg, *, config, num_stages: int, total_steps: int, see
     module = build_module(name, cfg, num_stages=num_stages, layer_parts=parts,
                           reference=reference)
 
+    check_block_contract(find_blocks(module, partial=True))
     groups = layer_param_groups(module, find_blocks(module, partial=True),
                                 (optimizer_groups or default_groups)(module))
     ds_engine, _, _, _ = deepspeed.initialize(model=module, model_parameters=groups,
