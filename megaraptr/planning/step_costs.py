@@ -35,6 +35,8 @@ class StepCosts:
     per_layer: float
     source: str
     """Where the numbers come from (printed with them)."""
+    unit: str = "ms"
+    """What fixed and per_layer count: milliseconds, or FLOPs for a shape-only estimate."""
 
     def step_ms(self, layers: float) -> float:
         return self.fixed + self.per_layer * layers
@@ -60,6 +62,22 @@ REFERENCE = {
 """Measured plain-PyTorch costs (ms) by (model, size). Run to run on the same card they moved
 by up to 2 ms fixed and 0.3 ms per layer (BERT-base 8.0 + 4.78, GPT-medium 19.4 + 3.69 in
 the run of the json), about 0.01 in the speedup of 6-8-10-12."""
+
+
+def flop_costs(hidden: int, *, seq_len: int, vocab_size: int, mlm: bool = False,
+               ffn: int = 0) -> StepCosts:
+    """Costs proportional to FLOPs, from a model's shape alone (no measurement): per token, a
+    layer's matrix products 2 (4 h^2 + 2 h f) plus attention 4 T h (f = ffn, 4 h by default),
+    the LM head 2 h V (BERT's on the 15% masked tokens only), times 3 for forward and
+    backward. Everything else (optimizer, embedding, communication) is left out, so the ideal
+    speedup it gives is the FLOP-bound one; measured costs (``--costs``, ``--profile``) are
+    better where they exist."""
+    ffn = ffn or 4 * hidden
+    layer = 3 * (2 * (4 * hidden * hidden + 2 * hidden * ffn) + 4 * seq_len * hidden)
+    head = 3 * 2 * hidden * vocab_size * (0.15 if mlm else 1.0)
+    return StepCosts(float(head), float(layer), f"FLOP-proportional estimate from the shape "
+                     f"(hidden {hidden}, ffn {ffn}, seq {seq_len}, vocab {vocab_size}"
+                     f"{', MLM head on masked tokens' if mlm else ''}), per token", "FLOPs")
 
 
 def parse_costs(text: str) -> StepCosts:
