@@ -101,10 +101,11 @@ class RaptrEngine:
         if self.freezer is not None and not self.is_pipeline:  # pipelines: DeepSpeed's own
             self.fast_norm = install_layer_norm(ds_engine.optimizer, lambda: self.freezer.frozen,
                                                 self.deepspeed_patches)
-            if self.freeze_skipped:
+            if self.freeze_skipped:  # with megaraptr's norm nothing reads a frozen gradient
                 self.fast_step = install_frozen_step(ds_engine.optimizer,
                                                      lambda: self.freezer.frozen,
-                                                     self.deepspeed_patches)
+                                                     self.deepspeed_patches,
+                                                     epilogue=self.fast_norm)
 
     def __getattr__(self, name):
         return getattr(self.__dict__["ds"], name)
