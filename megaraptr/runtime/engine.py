@@ -85,6 +85,8 @@ class RaptrEngine:
         self.private_clear = self.zero_stage == 3 and \
             compat.guard(self.deepspeed_patches, "zero3_stale_grads")
         self.digest = MaskDigest()
+        self._applied_mask: Optional[LayerMask] = None
+        """The mask on the blocks and the freezer now (None: unknown, apply the next one)."""
         self.active_layer_steps = 0
         """Sum over applied steps of the number of layers that ran."""
         self.freeze_skipped = config.trains_subnetworks and config.skipped_layers == "freeze"
@@ -166,11 +168,13 @@ class RaptrEngine:
             copies = self.schedule.policy.stage_start_copies(self.schedule, stage)
             if copies:
                 self.copy_layers(copies)
-        set_layer_mask(self.blocks, mask)
+        if mask is not self._applied_mask:  # O(1) while the mask stays (the full model's)
+            set_layer_mask(self.blocks, mask)
+            if self.freeze_skipped:
+                self.freezer.set_frozen(mask.skipped_ids)
+            self._applied_mask = mask
         if self.trace is not None:
             self.trace.prepare(mask.active)
-        if self.freeze_skipped:
-            self.freezer.set_frozen(mask.skipped_ids)
         return step, stage, mask
 
     def train_step(self, micro_batches: Sequence[dict]) -> StepResult:
@@ -250,6 +254,7 @@ class RaptrEngine:
         eval_mask = self.schedule.policy.eval_mask(self.sampler, self.applied_steps)
         if eval_mask is not None:  # stacking: the model that exists now
             set_layer_mask(self.blocks, eval_mask)
+            self._applied_mask = None  # the next step applies its own again
         self.ds.eval()
         sums = torch.zeros(2, dtype=torch.float64, device=self.ds.device)
         for batch in batches:
