@@ -16,7 +16,7 @@ advance the schedule, and the next call retries the same step with the same subn
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -45,12 +45,23 @@ class StepResult:
     step: int
     stage: Stage
     mask: LayerMask
-    loss: float
-    """Mean training loss over the micro-batches of this rank."""
+    _loss: Union[float, Tuple[torch.Tensor, int]]
+    """The loss, or (its sum over the micro-batches on the device, their count) until
+    :attr:`loss` is first read."""
     applied: bool
     """False when the optimizer skipped the step (fp16 overflow)."""
     keep_prob: float = 1.0
     """The step's keep probability (PLD: theta(t); stacking: depth / L)."""
+
+    @property
+    def loss(self) -> float:
+        """Mean training loss over the micro-batches of this rank. Reading it waits for the
+        device (one host sync, on first read): ``train_step`` itself does not, so a loop that
+        reads the loss only now and then lets the host run ahead."""
+        if isinstance(self._loss, tuple):
+            total, count = self._loss
+            self._loss = float(total) / count
+        return self._loss
 
 
 def loss_of(output) -> torch.Tensor:
@@ -198,9 +209,9 @@ class RaptrEngine:
             if restore:
                 restore()
             total += loss.detach().float()
-        return self._result(step, stage, mask, float(total) / expected)
+        return self._result(step, stage, mask, (total, expected))
 
-    def _result(self, step: int, stage: Stage, mask: LayerMask, loss: float) -> StepResult:
+    def _result(self, step: int, stage: Stage, mask: LayerMask, loss) -> StepResult:
         """Account for step ``step`` once DeepSpeed has run it: the run's digest and layer
         count move only when the optimizer applied it (not on an fp16 overflow)."""
         applied = self.applied_steps == step
@@ -306,6 +317,7 @@ def initialize(args=None, model=None, optimizer=None, model_parameters=None,
     if config is None:
         raise ConfigError("config", "a DeepSpeed config (dict or JSON path) is required")
     raptr_config, ds_config = methods.split_ds_config(config)
+    ds_config = unsynchronised_throughput_timer(ds_config)
     blocks = find_blocks(model)
     schedule = methods.build_schedule(raptr_config, num_layers=len(blocks), total_steps=total_steps)
     kernels, ds_config, optimizer = _install_kernels(raptr_config.kernels, model, blocks,
@@ -328,6 +340,17 @@ def initialize(args=None, model=None, optimizer=None, model_parameters=None,
                          partitions=partitions)
     engine.kernels = kernels
     return engine, ds_optimizer, dataloader, scheduler
+
+
+def unsynchronised_throughput_timer(ds_config: dict) -> dict:
+    """DeepSpeed's throughput timer synchronizes the device twice per step by default (when
+    forward starts and when step ends: two stalls of the GPU queue per step, whatever the
+    model). Unless the config has a "timers" block, megaraptr keeps the timer with
+    ``"synchronized": false``: its samples/s over ``steps_per_print`` steps are the same once
+    the queue is full, and the host runs ahead of the device as it would without the timer."""
+    if "timers" in ds_config:
+        return ds_config
+    return dict(ds_config, timers={"throughput": {"enabled": True, "synchronized": False}})
 
 
 def _install_kernels(mode: str, model, blocks, ds_config: dict, optimizer):

@@ -55,8 +55,11 @@ def _zero12_step(opt, frozen_groups: Callable[[], FrozenSet[int]]):
         if opt.compute_grad_norm and not opt.overflow:
             # megaraptr: no offload, so no `_apply_muon_updates_cpu_offload()`
             scaled_norm = opt.scaled_global_norm()
+            # megaraptr: not tested again when megaraptr's overflow check just tested this very
+            # norm on the host (norm.py): one host sync per step, not two
+            verified = getattr(opt.scaled_global_norm, "verified", [None])[0]
             if (opt.dtype != torch.bfloat16 or opt.check_grad_overflow) and \
-                    is_invalid_grad_norm(scaled_norm):
+                    scaled_norm is not verified and is_invalid_grad_norm(scaled_norm):
                 opt.overflow = True
         prev_scale = opt.loss_scale
         opt._update_scale(opt.overflow)
