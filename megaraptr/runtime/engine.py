@@ -63,6 +63,10 @@ class StepResult:
             self._loss = float(total) / count
         return self._loss
 
+    @loss.setter
+    def loss(self, value: float) -> None:
+        self._loss = value
+
 
 def loss_of(output) -> torch.Tensor:
     """The loss in a model's output: a tensor, ``output.loss`` or ``output["loss"]``."""
