@@ -15,8 +15,7 @@ advance the schedule, and the next call retries the same step with the same subn
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence
 
 import torch
 
@@ -31,50 +30,12 @@ from megaraptr.errors import ConfigError
 from megaraptr.kernels import apply_kernels, fused_optimizer, resolve_kernels
 from megaraptr.runtime import compat, consistency, resume_state
 from megaraptr.runtime.layer_copy import copy_layers
+from megaraptr.runtime.step_result import StepResult, loss_of
 from megaraptr.runtime.zero.groups import (FrozenLayers, clear_stale_zero3_grads, has_layer_groups,
                                            layer_param_groups)
 from megaraptr.runtime.zero.norm import install_layer_norm
 from megaraptr.runtime.zero.prefetch import SubnetworkTrace
 from megaraptr.runtime.zero.step import install_frozen_step
-
-
-@dataclass
-class StepResult:
-    """What one optimizer step did."""
-
-    step: int
-    stage: Stage
-    mask: LayerMask
-    _loss: Union[float, Tuple[torch.Tensor, int]]
-    """The loss, or (its sum over the micro-batches on the device, their count) until
-    :attr:`loss` is first read."""
-    applied: bool
-    """False when the optimizer skipped the step (fp16 overflow)."""
-    keep_prob: float = 1.0
-    """The step's keep probability (PLD: theta(t); stacking: depth / L)."""
-
-    @property
-    def loss(self) -> float:
-        """Mean training loss over the micro-batches of this rank. Reading it waits for the
-        device (one host sync, on first read): ``train_step`` itself does not, so a loop that
-        reads the loss only now and then lets the host run ahead."""
-        if isinstance(self._loss, tuple):
-            total, count = self._loss
-            self._loss = float(total) / count
-        return self._loss
-
-    @loss.setter
-    def loss(self, value: float) -> None:
-        self._loss = value
-
-
-def loss_of(output) -> torch.Tensor:
-    """The loss in a model's output: a tensor, ``output.loss`` or ``output["loss"]``."""
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, dict):
-        return output["loss"]
-    return output.loss
 
 
 class RaptrEngine:
