@@ -2,7 +2,7 @@
 
 An arm owns one model and one way of stepping it:
 
-- ``plain``: a plain PyTorch loop (torch AdamW, ``clip_grad_norm_``, the loss read to the host),
+- ``plain``: a plain PyTorch loop (``clip_grad_norm_``, the loss read to the host),
   training a fresh random subset of exactly k layers each step (skipped layers get no
   gradient and no optimizer work): the ideal;
 - ``deepspeed``: plain DeepSpeed at one ZeRO stage, no megaraptr (``deepspeed.initialize`` with
@@ -10,6 +10,11 @@ An arm owns one model and one way of stepping it:
 - ``megaraptr``: ``megaraptr.initialize`` at one ZeRO stage, a RAPTR engine stepped with
   ``train_step``: k < L is a stage of exactly k random layers, k = L its full-model stage
   (reached after one subnetwork step).
+
+Every arm steps torch's fused AdamW (what ``"kernels": "auto"`` picks), so that no arm reads
+Adam's step counter to the host: the unfused torch optimizers call ``.item()`` on it for each
+parameter or group, which would be counted as host syncs here although on a GPU it is a CPU
+tensor.
 
 :func:`install_phases` wraps the methods each phase is made of (:mod:`megaraptr.bench.host_probe`).
 """
@@ -78,7 +83,8 @@ def ds_config(shape: Shape, zero: int, raptr: Optional[dict] = None) -> dict:
     config = {"train_micro_batch_size_per_gpu": shape.micro_batch,
               "gradient_accumulation_steps": 1, "steps_per_print": 10 ** 9,
               "gradient_clipping": shape.clip, "wall_clock_breakdown": False,
-              "optimizer": {"type": "AdamW", "params": {"lr": LR, "torch_adam": True}},
+              "optimizer": {"type": "AdamW", "params": {"lr": LR, "torch_adam": True,
+                                                        "fused": True}},
               "zero_optimization": {"stage": zero}}
     if shape.precision == "bf16":
         config["bf16"] = {"enabled": True}
@@ -109,7 +115,7 @@ class PlainStep:
         self.shape, self.model = shape, shape.build().train()
         self.blocks = find_blocks(self.model)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.opt = torch.optim.AdamW(optimizer_groups(self.model), lr=LR)
+        self.opt = torch.optim.AdamW(optimizer_groups(self.model), lr=LR, fused=True)
         L = shape.num_layers
         schedule = build_schedule(parse_raptr_block(raptr_block(k, L, shape.total_steps,
                                                                 shape.seed)),

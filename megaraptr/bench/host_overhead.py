@@ -121,7 +121,9 @@ def rounds(arms: list, count: int, device: str, clock: Optional[PhaseClock] = No
                 arm.samples.append(wall * 1e3)
                 arm.cpu.append(cpu * 1e3)
             else:
-                arm.phases.append(clock.take(wall))
+                wall_phases, cpu_phases = clock.take(wall, cpu)
+                arm.phases.append(wall_phases)
+                arm.cpu_phases.append(cpu_phases)
 
 
 def run(args) -> dict:
@@ -138,7 +140,7 @@ def run(args) -> dict:
     started = time.time()
     arms = build_arms(args, shape)
     for arm in arms:
-        arm.samples, arm.cpu, arm.phases = [], [], []
+        arm.samples, arm.cpu, arm.phases, arm.cpu_phases = [], [], [], []
     rounds(arms, 1 + args.warmup, args.device)  # megaraptr's k = L arms reach their full stage
     for arm in arms:
         arm.samples, arm.cpu = [], []
@@ -163,7 +165,8 @@ def run(args) -> dict:
               "seconds": round(time.time() - started, 1),
               "arms": {a.name: {"kind": a.kind, "zero": a.zero, "k": a.k, "depth": a.depth,
                                 "samples_ms": a.samples, "cpu_ms": a.cpu,
-                                "phases_ms": a.phases, "counts": a.counts} for a in arms}}
+                                "phases_ms": a.phases, "cpu_phases_ms": a.cpu_phases,
+                                "counts": a.counts} for a in arms}}
     for arm in arms:
         destroy = getattr(getattr(arm.engine, "ds", arm.engine), "destroy", None)
         if destroy:

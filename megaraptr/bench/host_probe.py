@@ -41,9 +41,10 @@ class PhaseClock:
 
     def __init__(self, device: torch.device):
         self._sync = _device_sync(device)
-        self._stack: List[float] = []  # per open call: time spent in wrapped calls inside it
-        self._installed: List[Tuple[object, str, object, bool]] = []
+        self._stack: List[Tuple[float, float]] = []  # per open call: wall and CPU time spent
+        self._installed: List[Tuple[object, str, object, bool]] = []  # in wrapped calls inside
         self.current: Dict[str, float] = {}
+        self.current_cpu: Dict[str, float] = {}
 
     def wrap(self, owner, name: str, phase: str) -> None:
         """Time ``owner.name`` (a method or function attribute) as ``phase`` until
@@ -55,17 +56,19 @@ class PhaseClock:
 
         def timed(*args, **kwargs):
             self._sync()
-            start = time.perf_counter()
-            self._stack.append(0.0)
+            start, start_cpu = time.perf_counter(), time.thread_time()
+            self._stack.append((0.0, 0.0))
             try:
                 return original(*args, **kwargs)
             finally:
                 self._sync()
-                elapsed = time.perf_counter() - start
-                inner = self._stack.pop()
-                self.current[phase] = self.current.get(phase, 0.0) + elapsed - inner
+                wall, cpu = time.perf_counter() - start, time.thread_time() - start_cpu
+                inner, inner_cpu = self._stack.pop()
+                self.current[phase] = self.current.get(phase, 0.0) + wall - inner
+                self.current_cpu[phase] = self.current_cpu.get(phase, 0.0) + cpu - inner_cpu
                 if self._stack:
-                    self._stack[-1] += elapsed
+                    outer, outer_cpu = self._stack[-1]
+                    self._stack[-1] = (outer + wall, outer_cpu + cpu)
 
         self._installed.append((owner, name, original, had_own))
         setattr(owner, name, timed)
@@ -79,12 +82,17 @@ class PhaseClock:
                 delattr(owner, name)
         self._installed = []
 
-    def take(self, total_s: float) -> Dict[str, float]:
-        """This step's phases in ms, with what they leave of ``total_s`` as ``other``."""
-        out = {name: seconds * 1e3 for name, seconds in self.current.items()}
-        out["other"] = total_s * 1e3 - sum(out.values())
-        self.current = {}
-        return out
+    def take(self, total_s: float, total_cpu_s: float) -> Tuple[Dict[str, float],
+                                                                 Dict[str, float]]:
+        """This step's phases in ms, wall and thread CPU time, each with what they leave of
+        the step's total as ``other``."""
+        out = []
+        for phases, total in ((self.current, total_s), (self.current_cpu, total_cpu_s)):
+            ms = {name: seconds * 1e3 for name, seconds in phases.items()}
+            ms["other"] = total * 1e3 - sum(ms.values())
+            out.append(ms)
+        self.current, self.current_cpu = {}, {}
+        return out[0], out[1]
 
 
 class HostSyncCounter(TorchDispatchMode):

@@ -49,10 +49,10 @@ def analyse(result: dict) -> dict:
     ks = sorted({a["k"] for a in arms.values() if a["kind"] == "plain"})
     out: dict = {"arms": {}, "ratios": {}, "fits": {}, "skipped_layer": {}, "targets": {}}
     for name, arm in arms.items():
-        phases = {p: statistics.median(s.get(p, 0.0) for s in arm["phases_ms"])
-                  for p in PHASES} if arm["phases_ms"] else {}
+        phases = {key: {p: statistics.median(s.get(p, 0.0) for s in arm[key]) for p in PHASES}
+                  if arm.get(key) else {} for key in ("phases_ms", "cpu_phases_ms")}
         out["arms"][name] = {"wall_ms": quartiles(arm["samples_ms"]),
-                             "cpu_ms": quartiles(arm["cpu_ms"]), "phases_ms": phases,
+                             "cpu_ms": quartiles(arm["cpu_ms"]), **phases,
                              "counts": arm["counts"]}
 
     def ratio(a: str, b: str) -> Optional[dict]:
@@ -134,11 +134,11 @@ def report(result: dict) -> str:
              f"(L={c['num_layers']}), {c['micro_batch']} x {c['seq_len']} tokens, "
              f"{c['precision']}, clipping {c['clip']}; {c['steps']} interleaved rounds; "
              f"{result['seconds']:.0f} s"]
-    rows = [["arm (phases, median ms)"] + list(PHASES)]
+    rows = [["arm (phases, median thread-CPU ms)"] + list(PHASES)]
     for name, arm in a["arms"].items():
-        if arm["phases_ms"]:
-            rows.append([name] + [f"{arm['phases_ms'][p]:.2f}" for p in PHASES])
-    lines += _table(rows)
+        if arm["cpu_phases_ms"]:
+            rows.append([name] + [f"{arm['cpu_phases_ms'][p]:.2f}" for p in PHASES])
+    lines += _table(rows) + ["(wall-clock phases in the JSON: analysis.arms.*.phases_ms)"]
     for label, r in a["ratios"].items():
         w, t = r["samples_ms"], r["cpu_ms"]
         lines.append(f"{label}: {w['median']:.3f} [{w['q1']:.3f}-{w['q3']:.3f}] wall, "
