@@ -235,6 +235,8 @@ def install_frozen_step(ds_optimizer, frozen: Callable[[], FrozenSet[int]],
         return False
     zero3 = hasattr(ds_optimizer, "sub_group_to_group_id")
     if not compat.guard(patches, "zero3_frozen_step" if zero3 else "zero12_frozen_step"):
+        if not zero3:
+            compat.depends_off(patches, "zero12_frozen_epilogue", "zero12_frozen_step")
         return False
     if zero3:  # ZeRO-3: sub-group helpers
         def frozen_sub(sub_group_id: int) -> bool:
@@ -247,6 +249,8 @@ def install_frozen_step(ds_optimizer, frozen: Callable[[], FrozenSet[int]],
         ds_optimizer.step = _zero12_step(ds_optimizer, frozen_groups)
         if epilogue:
             install_frozen_epilogue(ds_optimizer, frozen_groups, patches)
+        else:
+            compat.depends_off(patches, "zero12_frozen_epilogue", "zero12_layer_norm")
     return True
 
 
