@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import datetime
 import json
+import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 from megaraptr.bench.step_metrics import meets
 
@@ -192,3 +193,35 @@ def table(summary: dict) -> str:
         lines.append(("dry run on CPU, not the targets' setting; " if dry else "")
                      + "targets: " + "; ".join(items))
     return "\n".join(lines)
+
+
+def rescore(summary: dict) -> List[str]:
+    """The overheads against plain PyTorch of an older summary (one that reported
+    "efficiency"), recomputed from its fits and medians at L/2: per path and kernels the
+    per-layer ratio, the fixed-cost difference and t(L/2) over its own ideal. The three
+    medians of the k = 0, L/2, L fit are recovered exactly (least squares through three
+    equally spaced points: slope = (t(L) - t(0)) / L)."""
+    lines = ["shape | path | kernels | per layer vs plain | fixed ms vs plain | t(L/2) / own ideal"]
+    for part in ("bert", "gpt"):
+        shape = summary.get(part) or {}
+        L, paths = shape.get("num_layers"), shape.get("paths", {})
+        for mode in ("eager", "auto"):
+            plain = (paths.get("plain") or {}).get(mode) or {}
+            for base, row in paths.items():
+                entry = row.get(mode) or {}
+                if base == "plain" or "fixed_ms" not in entry or "fixed_ms" not in plain:
+                    continue
+                slope, mid = entry["per_layer_ms"], entry["t_half_ms"]
+                ends = 3 * (entry["fixed_ms"] + slope * L / 2) - mid  # t(0) + t(L)
+                t0 = (ends - slope * L) / 2
+                line = t0 + slope * L / 2  # the path's own line through t(0) and t(L)
+                lines.append(f"{shape['shape']} | {base} | {entry.get('resolved', mode)} | "
+                             f"{slope / plain['per_layer_ms']:.2f}x | "
+                             f"{entry['fixed_ms'] - plain['fixed_ms']:+.1f} | {line / mid:.3f}")
+    return lines
+
+
+if __name__ == "__main__":  # python -m megaraptr.bench.gpu_report docs/gpu/SUMMARY.json
+    for path in sys.argv[1:]:
+        print(path)
+        print("\n".join(rescore(json.loads(Path(path).read_text()))))

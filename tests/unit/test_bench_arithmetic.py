@@ -164,3 +164,20 @@ def test_quality_report_reads_curves_at_equal_flops_and_wall_clock():
 def test_every_offered_size_parses(size):
     args, plan = parse(["--size", size, "--device", "cpu", "--ks", "0"])
     assert args.micro_batch > 0 and args.seq_len > 0 and plan.ks[-1] == plan.num_layers
+
+
+def test_older_summaries_rescored_from_their_fits():
+    # an older gpu_bench.json keeps each path's line fit over k = 0, 6, 12 and t(6): the three
+    # medians are recovered exactly, and with them the overheads against plain PyTorch
+    def entry(points):
+        fit = fit_line([0, 6, 12], [points[0], points[6], points[12]])
+        return {"fixed_ms": fit["fixed_ms"], "per_layer_ms": fit["per_layer_ms"],
+                "t_half_ms": points[6], "resolved": "eager"}
+    slow = {0: 30.0, 6: 80.0, 12: 150.0}  # off its own line at 6: (30 + 150) / 2 = 90
+    summary = {"bert": {"shape": "bert-base", "num_layers": 12, "paths": {
+        "plain": {"eager": entry(PLAIN)}, "zero3": {"eager": entry(slow)}}}}
+    line = gpu_report.rescore(summary)[1].split(" | ")
+    assert line[:3] == ["bert-base", "zero3", "eager"]
+    assert line[3] == f"{10 / 5.05:.2f}x" and line[5] == f"{90 / 80:.3f}"
+    slow_fit = fit_line([0, 6, 12], [30.0, 80.0, 150.0])
+    assert line[4] == f"{slow_fit['fixed_ms'] - 6.0:+.1f}"
