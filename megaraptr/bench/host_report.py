@@ -7,7 +7,10 @@ the cost of a skipped layer and the targets; :func:`report` prints it, the table
 """
 from __future__ import annotations
 
+import json
 import statistics
+import sys
+from pathlib import Path
 from typing import Dict, List, Optional
 
 from megaraptr.planning.step_profile import fit_line
@@ -162,3 +165,34 @@ def report(result: dict) -> str:
         rows.append([name, f"{w['median']:.2f}", f"[{w['q1']:.2f}-{w['q3']:.2f}]",
                      f"{arm['cpu_ms']['median']:.2f}", str(cnt["syncs"]), str(cnt["ops"])])
     return "\n".join(lines + _table(rows))
+
+
+def compare(results: Dict[str, dict]) -> str:
+    """One row per run (label -> result JSON), side by side: megaraptr's full-model step of
+    ZeRO-1/2 over ZeRO-0 (paired medians, wall and thread CPU), ZeRO-1 over plain DeepSpeed
+    ZeRO-1, host syncs and aten ops per ZeRO-1 step, and per skipped layer the aten ops and
+    the time as a fraction of an active layer's, ZeRO-0/1/2."""
+    rows = [["run", "z1/z0 wall", "cpu", "z2/z0 wall", "cpu", "z1/ds z1 cpu", "syncs z1",
+             "ops z1", "skipped-layer ops z0/z1/z2", "skipped/active z0/z1/z2"]]
+    for label, result in results.items():
+        a, L = result["analysis"], result["config"]["num_layers"]
+        ratio = a["ratios"]
+
+        def r(z, key, base=None):
+            name = f"megaraptr z{z} k={L} / {base or f'megaraptr z0 k={L}'}"
+            return f"{ratio[name][key]['median']:.3f}" if name in ratio else "-"
+        arm = a["arms"][f"megaraptr z1 k={L}"]
+        skip = a["skipped_layer"]
+        rows.append([label, r(1, "samples_ms"), r(1, "cpu_ms"), r(2, "samples_ms"),
+                     r(2, "cpu_ms"), r(1, "cpu_ms", "deepspeed z1"), str(arm["counts"]["syncs"]),
+                     str(arm["counts"]["ops"]),
+                     "/".join(f"{skip[z]['skipped_ops']:.0f}" for z in ("z0", "z1", "z2")
+                              if z in skip),
+                     "/".join(f"{skip[z]['skipped_over_active']:.2f}" for z in ("z0", "z1", "z2")
+                              if z in skip)])
+    return "\n".join(_table(rows))
+
+
+if __name__ == "__main__":  # python -m megaraptr.bench.host_report LABEL=RUN.json ...
+    print(compare({arg.split("=", 1)[0]: json.loads(Path(arg.split("=", 1)[1]).read_text())
+                   for arg in sys.argv[1:]}))
