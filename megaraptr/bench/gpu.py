@@ -11,13 +11,16 @@ Parts, each a subprocess with its own deadline (so a hang cannot eat the budget)
    with the ideal from the same process's plain-PyTorch t(k) at the same kernels
    (:mod:`megaraptr.bench.e2e`), under ZeRO-2 or ZeRO-1, whichever part 1 found faster at the
    schedule's mean depth (3/4 of the layers);
-3. ``gpt``: the step-time benchmark of GPT-medium (24 x 1024, seq 1024, batch 16) at k = 0,
+3. ``host``: the host-overhead benchmark (:mod:`megaraptr.bench.host_overhead`: gpt-mini, one
+   sequence of 8 tokens, bf16; plain PyTorch, plain DeepSpeed and megaraptr at ZeRO 0/1/2 side
+   by side, with host syncs per step);
+4. ``gpt``: the step-time benchmark of GPT-medium (24 x 1024, seq 1024, batch 16) at k = 0,
    12, 24, as in part 1.
 
 Every part writes JSON under ``--out`` as it goes (a part cut short keeps what it measured);
 this driver then writes ``gpu_bench.json`` (the summary, with every target) beside the parts'
-per-sample JSON (``bert.json``, ``gpt.json``, ``e2e.json``) and prints a short table last.
-Commit all four (docs/gpu/<card>-<date>/): every figure in docs/ comes from one of them. Data: the pre-tokenized slice
+per-sample JSON (``bert.json``, ``e2e.json``, ``host.json``, ``gpt.json``) and prints a short
+table last. Commit all five (docs/gpu/<card>-<date>/): every figure in docs/ comes from one. Data: the pre-tokenized slice
 in ``.gpudata/`` (:mod:`megaraptr.bench.gpu_data`); the built-in sample when it is missing.
 
     python -m megaraptr.bench.gpu --out out                     # GPU, about 5-6 minutes
@@ -34,12 +37,12 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-from megaraptr.bench import e2e, kernel_check, step_time
+from megaraptr.bench import e2e, host_overhead, kernel_check, step_time
 from megaraptr.bench.gpu_report import summarize, table
 
-PARTS = ("bert", "e2e", "gpt")
+PARTS = ("bert", "e2e", "host", "gpt")
 # per part: at most this many seconds; and the seconds kept for it while earlier parts run
-CAPS = {"bert": (150, 60), "e2e": (200, 150), "gpt": (600, 30)}
+CAPS = {"bert": (150, 60), "e2e": (200, 150), "host": (90, 60), "gpt": (600, 30)}
 GPU = {"bert": dict(model="bert", size="base", ks="0,6,12", data="bert-mlm"),
        "gpt": dict(model="gpt", size="medium", ks="0,12,24", data="gpt-causal"),
        "steps": 8, "warmup": 3, "e2e_steps": 200, "pairs": 3, "schedule": "6-8-10-12"}
@@ -120,6 +123,16 @@ def best_zero_stage(out: Path) -> int:
     return min(times)[1] if times else 2
 
 
+def run_host_part(args) -> None:
+    """Worker: the host-overhead benchmark (tiny on a dry run)."""
+    argv = ["--out", str(Path(args.out) / "host.json"), "--steps", "15", "--warmup", "2",
+            "--breakdown-steps", "4"]
+    argv += ["--device", "cpu", "--size", "tiny", "--vocab-size", "128", "--steps", "2",
+             "--warmup", "1", "--breakdown-steps", "1", "--zero", "0,1"] \
+        if args.dry_run else ["--device", "cuda", "--precision", "bf16"]
+    host_overhead.main(argv)
+
+
 def run_e2e_part(args, deadline: float) -> None:
 
     preset = DRY if args.dry_run else GPU
@@ -164,6 +177,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.part:  # worker
         if args.part == "e2e":
             run_e2e_part(args, deadline - 5)
+        elif args.part == "host":
+            run_host_part(args)
         else:
             run_step_time_part(args, args.part, deadline - 3)
         return 0

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+from megaraptr.bench import host_report
 from megaraptr.bench.step_metrics import meets
 
 TARGETS = {"per_layer_ratio": 0.8, "zero1_per_layer_vs_plain": 1.05, "zero1_fixed_diff_ms": 3.0,
@@ -122,6 +123,11 @@ def summarize(out: Path, status: dict, *, elapsed: float, command: str) -> dict:
     e2e = _load(out / "e2e.json")
     if e2e and "summary" in e2e:
         summary["e2e"] = e2e_summary(e2e)
+    host = _load(out / "host.json")
+    if host and "analysis" in host:
+        summary["host"] = {"device": host["device"], "config": host["config"],
+                           "targets": host["analysis"]["targets"],
+                           "table": host_report.compare({"host": host})}
     summary["targets"] = targets(summary)
     return summary
 
@@ -186,6 +192,10 @@ def table(summary: dict) -> str:
     lines += [" | ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     if summary.get("e2e"):
         lines.append(_e2e_line(summary["e2e"]))
+    if summary.get("host"):
+        lines += ["host overhead (python -m megaraptr.bench.host_overhead, "
+                  f"{summary['host']['config']['size']}, {summary['host']['config']['precision']}):",
+                  summary["host"]["table"]]
     met = summary["targets"]
     if met:
         dry = str(summary.get("device", "")).startswith("cpu")

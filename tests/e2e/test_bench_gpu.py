@@ -23,7 +23,9 @@ def test_dry_run_measures_every_part_and_prints_the_table_last(tmp_path, mlm, ca
     lines = proc.stdout.strip().splitlines()
     assert lines[-1].startswith("dry run on CPU, not the targets' setting; targets: "), lines
     summary = json.loads((out / "gpu_bench.json").read_text())
-    assert {p: s["rc"] for p, s in summary["parts"].items()} == {"bert": 0, "e2e": 0, "gpt": 0}
+    assert {p: s["rc"] for p, s in summary["parts"].items()} == {"bert": 0, "e2e": 0, "host": 0,
+                                                                  "gpt": 0}
+    assert summary["host"]["table"].splitlines()[1].startswith("host ")  # ZeRO-1 / ZeRO-0 ...
     assert summary["kernel_check"]["ok"] is None  # the Triton kernel needs CUDA
     for part, shape in (("bert", "bert-tiny"), ("gpt", "gpt-tiny")):
         assert summary[part]["shape"] == shape and summary[part]["half"] == 2
