@@ -95,6 +95,8 @@ def ds_config(shape: Shape, zero: int, raptr: Optional[dict] = None) -> dict:
 
 @dataclass
 class Arm:
+    """One arm: its name in the report, what it is, and its step."""
+
     name: str
     kind: str
     zero: Optional[int]
@@ -104,7 +106,6 @@ class Arm:
     step: Callable[[], None] = None
     engine: object = None
     model: object = None
-    steps_done: int = 0
 
 
 class PlainStep:
@@ -120,7 +121,7 @@ class PlainStep:
         schedule = build_schedule(parse_raptr_block(raptr_block(k, L, shape.total_steps,
                                                                 shape.seed)),
                                   num_layers=L, total_steps=shape.total_steps)
-        self.sampler, self.step_index, self.k = SubnetworkSampler(schedule, shape.seed), 0, k
+        self.sampler, self.step_index = SubnetworkSampler(schedule, shape.seed), 0
 
     def forward(self):
         with torch.autocast(self.shape.device, dtype=torch.bfloat16,

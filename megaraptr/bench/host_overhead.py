@@ -116,7 +116,6 @@ def rounds(arms: list, count: int, device: str, clock: Optional[PhaseClock] = No
             arm.step()
             _sync(device)
             wall, cpu = time.perf_counter() - wall, time.thread_time() - cpu
-            arm.steps_done += 1
             if clock is None:
                 arm.samples.append(wall * 1e3)
                 arm.cpu.append(cpu * 1e3)
