@@ -17,7 +17,6 @@ advance the schedule, and the next call retries the same step with the same subn
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Optional, Sequence
 
@@ -33,6 +32,7 @@ from megaraptr.core.stage import Stage
 from megaraptr.runtime import compat, consistency, resume_state, surface
 from megaraptr.runtime.layer_copy import copy_layers, copy_optimizer_state, reset_optimizer_state
 from megaraptr.runtime.skip_probe import SkipProbe
+from megaraptr.runtime.step_result import StepResult, loss_of
 from megaraptr.runtime.zero.groups import FrozenLayers, clear_stale_zero3_grads, has_layer_groups
 from megaraptr.runtime.zero.norm import install_layer_norm
 from megaraptr.runtime.zero.prefetch import SubnetworkTrace
@@ -42,35 +42,6 @@ NOT_INSTALLED = MappingProxyType({"mode": "eager", "requested": "eager",
                                   "optimizer": "as configured",
                                   "reason": "not installed (pipelines run eager kernels)"})
 """The kernels report of an engine no kernels were installed on (copied per engine)."""
-
-
-@dataclass
-class StepResult:
-    """What one optimizer step did (``engine.train_step`` returns it)."""
-
-    step: int
-    """The applied optimizer step it trained (1-based; the schedule's clock)."""
-    stage: Stage
-    """The schedule stage of the step (``stage.name``, ``stage.index``, ``stage.keep_prob``)."""
-    mask: LayerMask
-    """The subnetwork: ``mask.active`` per layer, ``mask.active_ids``, ``mask.num_active``,
-    ``mask.scale`` (each layer's residual-branch factor), the same on every rank."""
-    loss: float
-    """Mean training loss over the micro-batches of this rank (``engine.mean_over_ranks``
-    or :class:`~megaraptr.runtime.monitor.StepMonitor` average it over the ranks)."""
-    applied: bool
-    """False when the optimizer skipped the step (fp16 overflow)."""
-    keep_prob: float = 1.0
-    """The step's keep probability (PLD: theta(t); stacking: depth / L)."""
-
-
-def loss_of(output) -> torch.Tensor:
-    """The loss in a model's output: a tensor, ``output.loss`` or ``output["loss"]``."""
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, dict):
-        return output["loss"]
-    return output.loss
 
 
 class RaptrEngine:
@@ -108,6 +79,8 @@ class RaptrEngine:
             compat.guard(self.deepspeed_patches, "zero3_stale_grads")
         self.digest = MaskDigest()
         self.skip_probe = SkipProbe(self.blocks, ds_engine.device)
+        self._applied_mask: Optional[LayerMask] = None
+        """The mask on the blocks and the freezer now (None: unknown, apply the next one)."""
         self.active_layer_steps = 0
         """Sum over applied steps of the number of layers that ran."""
         self.freeze_skipped = config.trains_subnetworks and config.skipped_layers == "freeze"
@@ -124,10 +97,11 @@ class RaptrEngine:
         if self.freezer is not None and not self.is_pipeline:  # pipelines: DeepSpeed's own
             self.fast_norm = install_layer_norm(ds_engine.optimizer, lambda: self.freezer.frozen,
                                                 self.deepspeed_patches)
-            if self.freeze_skipped:
+            if self.freeze_skipped:  # with megaraptr's norm nothing reads a frozen gradient
                 self.fast_step = install_frozen_step(ds_engine.optimizer,
                                                      lambda: self.freezer.frozen,
-                                                     self.deepspeed_patches)
+                                                     self.deepspeed_patches,
+                                                     epilogue=self.fast_norm)
 
     def __getattr__(self, name):  # only names not found on the engine itself get here
         return surface.forwarded(self.__dict__.get("ds"), type(self).__name__, name)
@@ -184,12 +158,14 @@ class RaptrEngine:
             copies = self.schedule.policy.stage_start_copies(self.schedule, stage)
             if copies:
                 self.copy_layers(copies)
-        set_layer_mask(self.blocks, mask)
-        self.skip_probe.arm(mask)
+        if mask is not self._applied_mask:  # O(1) while the mask stays (the full model's)
+            set_layer_mask(self.blocks, mask)
+            if self.freeze_skipped:
+                self.freezer.set_frozen(mask.skipped_ids)
+            self._applied_mask = mask
+        self.skip_probe.arm(mask)  # the first step that skips layers only
         if self.trace is not None:
             self.trace.prepare(mask.active)
-        if self.freeze_skipped:
-            self.freezer.set_frozen(mask.skipped_ids)
         return step, stage, mask
 
     def train_step(self, micro_batches: Sequence[dict]) -> StepResult:
@@ -213,9 +189,9 @@ class RaptrEngine:
             if restore:
                 restore()
             total += loss.detach().float()
-        return self._result(step, stage, mask, float(total) / expected)
+        return self._result(step, stage, mask, (total, expected))
 
-    def _result(self, step: int, stage: Stage, mask: LayerMask, loss: float) -> StepResult:
+    def _result(self, step: int, stage: Stage, mask: LayerMask, loss) -> StepResult:
         """Account for step ``step`` once DeepSpeed has run it: the run's digest and layer
         count move only when the optimizer applied it (not on an fp16 overflow)."""
         self.skip_probe.verify(step)
@@ -278,6 +254,7 @@ class RaptrEngine:
         eval_mask = self.schedule.policy.eval_mask(self.sampler, self.applied_steps)
         if eval_mask is not None:  # stacking: the model that exists now
             set_layer_mask(self.blocks, eval_mask)
+            self._applied_mask = None  # the next step applies its own again
         self.ds.eval()
         try:
             yield

@@ -54,6 +54,7 @@ def initialize(args=None, model=None, optimizer=None, model_parameters=None,
     if config is None:
         raise ConfigError("config", "a DeepSpeed config (dict or JSON path) is required")
     raptr_config, ds_config = methods.split_ds_config(config)
+    ds_config = unsynchronised_throughput_timer(ds_config)
     blocks = find_blocks(model)
     check_block_contract(blocks)
     schedule = methods.build_schedule(raptr_config, num_layers=len(blocks), total_steps=total_steps)
@@ -82,6 +83,17 @@ def initialize(args=None, model=None, optimizer=None, model_parameters=None,
                          seed=raptr_config.sampler_seed(seed), partitions=partitions,
                          kernels=kernels)
     return engine, ds_optimizer, dataloader, scheduler
+
+
+def unsynchronised_throughput_timer(ds_config: dict) -> dict:
+    """DeepSpeed's throughput timer synchronizes the device twice per step by default (when
+    forward starts and when step ends: two stalls of the GPU queue per step, whatever the
+    model). Unless the config has a "timers" block, megaraptr keeps the timer with
+    ``"synchronized": false``: its samples/s over ``steps_per_print`` steps are the same once
+    the queue is full, and the host runs ahead of the device as it would without the timer."""
+    if "timers" in ds_config:
+        return ds_config
+    return dict(ds_config, timers={"throughput": {"enabled": True, "synchronized": False}})
 
 
 def _install_kernels(mode: str, model, blocks, ds_config: dict, optimizer):

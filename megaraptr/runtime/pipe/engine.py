@@ -32,6 +32,7 @@ from megaraptr.models.pipe import copy_reference_weights, layer_specs, loss_fn, 
 from megaraptr.planning.balance import Costs, imbalance, plan_partitions
 from megaraptr.runtime import compat
 from megaraptr.runtime.engine import RaptrEngine, StepResult
+from megaraptr.runtime.initialize import unsynchronised_throughput_timer
 from megaraptr.runtime.pipe.norm import install_pipeline_norm
 from megaraptr.runtime.zero.groups import layer_param_groups
 
@@ -243,6 +244,7 @@ def initialize(name: str, cfg, *, config, num_stages: int, total_steps: int, see
 
 
     raptr_config, ds_config = split_ds_config(config)
+    ds_config = unsynchronised_throughput_timer(ds_config)
     check_pipeline(num_stages, cfg.num_layers, ds_config, raptr_config)
     schedule = build_schedule(raptr_config, num_layers=cfg.num_layers, total_steps=total_steps)
     partitions = partitions or plan(raptr_config, schedule, costs, num_stages)
