@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 from typing import Callable, List, Optional, Sequence, Tuple
 
@@ -119,7 +120,9 @@ class RunControl:
         self.save_seconds = 60.0 * save_every_minutes
         self._clock = clock
         self._last_save = clock()
-        self._previous = {sig: signal.signal(sig, self._on_signal) for sig in SIGNALS}
+        main = threading.current_thread() is threading.main_thread()  # where Python allows it
+        self._previous = {sig: signal.signal(sig, self._on_signal) for sig in SIGNALS} \
+            if main else {}
 
     def _on_signal(self, signum, frame) -> None:  # runs between two bytecodes: only mark it
         if self.received is None:
@@ -151,8 +154,9 @@ class RunControl:
             return signal.Signals(self.received).name + \
                 (f" (and on {others} other rank(s))" if others else "")
         if votes[ORPHANED]:
-            who = f" (pid {self.launcher.dead})" if self.launcher.dead else " of another rank"
-            return f"the launcher{who} died"
+            if self.launcher.dead is None:
+                return "the death of another rank's launcher"
+            return f"the death of the launcher (pid {self.launcher.dead})"
         return None
 
     @staticmethod

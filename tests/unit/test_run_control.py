@@ -126,7 +126,7 @@ def test_a_stop_voted_elsewhere_is_named():
     control = RunControl(launcher=LauncherWatch([]))
     try:
         assert control.stop_reason([1.0, 0.0, 0.0]) == "a stop signal on 1 other rank(s)"
-        assert control.stop_reason([0.0, 1.0, 0.0]) == "the launcher of another rank died"
+        assert control.stop_reason([0.0, 1.0, 0.0]) == "the death of another rank's launcher"
         assert control.stop_reason([0.0, 0.0, 1.0]) is None
     finally:
         control.close()
