@@ -116,13 +116,13 @@ class HostSyncCounter(TorchDispatchMode):
                 self.counts["device_to_host"] += 1
         return out
 
-    def _count_calls(self, owner, name: str) -> None:
+    def _count_calls(self, owner, name: str, key: str = "synchronize") -> None:
         original = getattr(owner, name, None)
         if original is None:
             return
 
         def counted(*args, **kwargs):
-            self.counts["synchronize"] += 1
+            self.counts[key] += 1
             return original(*args, **kwargs)
         self._patched.append((owner, name, original, name in getattr(owner, "__dict__", {})))
         setattr(owner, name, counted)
@@ -134,6 +134,7 @@ class HostSyncCounter(TorchDispatchMode):
         self._count_calls(torch.cuda.Stream, "synchronize")
         self._count_calls(torch.cuda.Event, "synchronize")
         self._count_calls(get_accelerator(), "synchronize")
+        self._count_calls(torch.Tensor, "tolist", "tolist")  # below the dispatcher: not an op
         return super().__enter__()
 
     def __exit__(self, *exc):
@@ -147,9 +148,9 @@ class HostSyncCounter(TorchDispatchMode):
 
     def take(self) -> Dict[str, int]:
         """Counts since the last call: ops, item, data_dependent, device_to_host,
-        synchronize, and ``syncs`` (all but ops)."""
+        synchronize, tolist, and ``syncs`` (all but ops)."""
         out = {key: self.counts.get(key, 0) for key in
-               ("ops", "item", "data_dependent", "device_to_host", "synchronize")}
+               ("ops", "item", "data_dependent", "device_to_host", "synchronize", "tolist")}
         out["syncs"] = sum(v for k, v in out.items() if k != "ops")
         self.counts = Counter()
         return out

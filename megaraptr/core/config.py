@@ -207,6 +207,25 @@ class RaptrConfig(BaseModel):
     importable, fused AdamW; "compiled": "fused" with each block's active computation
     compiled once (no recompiles across subsets); "auto": the fastest available path for the
     device and ZeRO stage."""
+    on_nonfinite: Literal["stop", "skip_step"] = "stop"
+    """What a diverged step does, whether or not "enabled": a step whose training loss is not
+    finite on some rank, or whose gradient norm is not (fp16's loss-scaler overflows excepted:
+    they stay DeepSpeed's, retried with a smaller scale). "stop": every rank stops after the
+    step with one line naming it (exit code 3); nothing is saved from then on, so the newest
+    checkpoint stays the last good one. "skip_step": the step's update is dropped (weights and
+    optimizer state as before it) while its batch, subnetwork and LR step are
+    consumed, and training goes on; more than max_consecutive_skips dropped steps in a row stop
+    as "stop" does. Not with pipelines."""
+    max_consecutive_skips: int = Field(default=10, ge=1)
+    """Under "skip_step": the most diverged steps in a row that are dropped before the run
+    stops (exit code 3)."""
+    loss_spike_factor: Optional[float] = Field(default=None, gt=1.0)
+    """Also treat a step as diverged when its loss (mean over ranks) is more than this many
+    times the running mean of the previous steps' losses (after loss_spike_window steps);
+    None (the default) turns the spike check off."""
+    loss_spike_window: int = Field(default=100, ge=1)
+    """Steps in the running mean of the spike check: their plain mean over the first steps,
+    then an exponential mean with weight 1/loss_spike_window per step."""
 
     @property
     def effective_fixed_layers(self) -> List[int]:

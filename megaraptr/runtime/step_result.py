@@ -1,12 +1,13 @@
 """What one optimizer step did (:class:`StepResult`), and the loss in a model's output.
 
-``train_step`` keeps the step's loss on the device: reading :attr:`StepResult.loss` is the
-one host sync it costs, when the caller wants it.
+Each step ends in one all-reduce over all ranks (the mean loss, a non-finite count, the
+caller's votes): the divergence guard and the agreed stop read it, so the step's loss is on the
+host when ``train_step`` returns (one host sync per step).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Tuple, Union
+from typing import Tuple
 
 import torch
 
@@ -25,28 +26,21 @@ class StepResult:
     mask: LayerMask
     """The subnetwork: ``mask.active`` per layer, ``mask.active_ids``, ``mask.num_active``,
     ``mask.scale`` (each layer's residual-branch factor), the same on every rank."""
-    _loss: Union[float, Tuple[torch.Tensor, int]]
-    """The loss, or (its sum over the micro-batches on the device, their count) until
-    :attr:`loss` is first read."""
+    loss: float
+    """Mean training loss over the micro-batches of this rank (:attr:`mean_loss`: over all
+    ranks)."""
     applied: bool
     """False when the optimizer skipped the step (fp16 overflow)."""
     keep_prob: float = 1.0
     """The step's keep probability (PLD: theta(t); stacking: depth / L)."""
 
-    @property
-    def loss(self) -> float:
-        """Mean training loss over the micro-batches of this rank (``engine.mean_over_ranks``
-        or :class:`~megaraptr.runtime.monitor.StepMonitor` average it over the ranks). Reading
-        it waits for the device (one host sync, on first read): ``train_step`` itself does
-        not, so a loop that reads the loss only now and then lets the host run ahead."""
-        if isinstance(self._loss, tuple):
-            total, count = self._loss
-            self._loss = float(total) / count
-        return self._loss
-
-    @loss.setter
-    def loss(self, value: float) -> None:
-        self._loss = value
+    mean_loss: float = float("nan")
+    """The step's loss averaged over all ranks (from the step's one all-reduce)."""
+    votes: Tuple[float, ...] = ()
+    """The ``votes`` passed to ``train_step``, each summed over all ranks."""
+    dropped: bool = False
+    """``raptr.on_nonfinite`` "skip_step" dropped the step's update (weights and optimizer
+    state as before it; the clock, the LR schedule and the data moved on)."""
 
 
 def loss_of(output) -> torch.Tensor:

@@ -32,7 +32,7 @@ from megaraptr.planning.balance import Costs, imbalance
 from megaraptr.planning.profiling import measure_costs
 from megaraptr.runtime.distributed import device as accelerator_device
 from megaraptr.runtime.pipe import engine as pipeline, repartition
-from megaraptr.runtime.resume_state import find_checkpoint, read_raptr_state
+from megaraptr.runtime.resume_state import read_raptr_state
 from megaraptr.tools.preflight import RunPlan
 from megaraptr.tools.train_data import RunData
 
@@ -52,7 +52,7 @@ class PipelineRun:
                                 seq_len=flags.seq_len, dropout=flags.dropout)
         self.num_parameters = sum(p.numel() for p in reference.parameters())
         self.cfg = reference.cfg
-        resumed = read_raptr_state(find_checkpoint(flags.load)) if flags.load else None
+        resumed = read_raptr_state(plan.resume_from) if plan.resume_from else None
         self.resumed = resumed or {}
         """megaraptr's state in the checkpoint being resumed (empty for a new run)."""
         self.costs, self.cost_source = self._costs(plan.raptr, reference, data.prepared)
@@ -86,8 +86,9 @@ class PipelineRun:
             seed=self.sampler_seed, costs=self.costs, reference=self._reference,
             layer_parts=layer_parts, first_step=self.resumed.get("applied_steps", 0) + 1)
 
-    def load(self, load_dir: str) -> dict:
-        _, client_state = repartition.load(self.engine, load_dir)
+    def load(self, checkpoint: str) -> dict:
+        load_dir, tag = os.path.split(os.path.normpath(checkpoint))
+        _, client_state = repartition.load(self.engine, load_dir, tag)
         return client_state or {}
 
     def save(self, save_dir: str, tag: str, client_state: dict) -> None:

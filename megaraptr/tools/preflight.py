@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -25,7 +25,10 @@ from megaraptr.methods import build_schedule, method_name, split_ds_config
 from megaraptr.models import DATA_KIND, MODELS, num_layers
 from megaraptr.models.hf import data_kind, hf_config, is_hf, model_label
 from megaraptr.runtime.pipe.engine import check_pipeline
-from megaraptr.runtime.resume_state import check_compatible, find_checkpoint, read_raptr_state
+from megaraptr.runtime.resume_state import check_compatible, read_raptr_state
+from megaraptr.tools.output_checks import (MONITORS, check_job_name, check_summary_path,
+                                           safe_job_name)
+from megaraptr.tools.resume_point import resume_point
 from megaraptr.tools.train_args import TrainFlags
 
 
@@ -49,6 +52,9 @@ class RunPlan:
     """The subnetwork sampler's seed: the raptr block's ``seed`` if set, else --seed."""
     notes: Tuple[str, ...]
     """What the run changed in the config, printed once it starts."""
+    resume_from: Optional[str] = None
+    """The checkpoint folder the run resumes from (--load DIR, or --load auto's pick); None:
+    a fresh start."""
 
 
 def prepare_ds_config(flags: TrainFlags, ds_config: dict, *, method: str,
@@ -72,9 +78,12 @@ def prepare_ds_config(flags: TrainFlags, ds_config: dict, *, method: str,
     warmup = scheduler_warmup_note(ds_config, flags.train_steps)
     if warmup is not None:
         notes.append(warmup)
+    for block in MONITORS:  # a folder under output_path: one plain name
+        if "job_name" in (ds_config.get(block) or {}):
+            check_job_name(block, ds_config[block]["job_name"])
     board = ds_config.get("tensorboard")
     if board is not None and "job_name" not in board:
-        board["job_name"] = f"{label}-{flags.size}-{method}-seed{flags.seed}"
+        board["job_name"] = safe_job_name(f"{label}-{flags.size}-{method}-seed{flags.seed}")
     return ds_config, tuple(notes)
 
 
@@ -120,9 +129,10 @@ def validate(flags: TrainFlags) -> RunPlan:
     if flags.exit_at_step is not None and not 1 <= flags.exit_at_step <= flags.train_steps:
         raise ConfigError("--exit-at-step",
                           f"{flags.exit_at_step} is outside 1..{flags.train_steps}")
+    check_outputs(flags, raptr_config, ds_config)
     sampler_seed = raptr_config.sampler_seed(flags.seed)  # the one place it is resolved
-    if flags.load:
-        path = find_checkpoint(flags.load)
+    path = resume_point(flags)  # --load DIR, or --load auto: --save's newest (None: fresh)
+    if path:
         check_compatible(read_raptr_state(path), schedule, sampler_seed, path,
                          flags.override_raptr_schedule)
         saved = (read_raptr_state(path, "train") or {}).get("objective", "causal")
@@ -132,9 +142,26 @@ def validate(flags: TrainFlags) -> RunPlan:
     ds_config["raptr"] = raptr_config.model_dump(exclude_none=True)
     method = method_name(raptr_config)
     ds_config, notes = prepare_ds_config(flags, ds_config, method=method, label=label)
+    if flags.load == "auto":
+        notes += (f"--load auto: resuming from {path}" if path else
+                  f"--load auto: no checkpoint under {flags.save} yet: a fresh start",)
     return RunPlan(flags=flags, raptr=raptr_config, ds_config=ds_config, num_layers=depth,
                    data_kind=kind, model_label=label, method=method,
-                   sampler_seed=sampler_seed, notes=notes)
+                   sampler_seed=sampler_seed, notes=notes, resume_from=path)
+
+
+def check_outputs(flags: TrainFlags, raptr_config: RaptrConfig, ds_config: dict) -> None:
+    """--summary's path, the save flags, and a divergence mode DeepSpeed can carry out."""
+    if flags.summary:
+        check_summary_path(flags.summary)
+    if flags.save_every_minutes and not flags.save:
+        raise ConfigError("--save-every-minutes", "needs --save DIR to write the checkpoints")
+    bf16 = ds_config.get("bf16") or ds_config.get("bfloat16") or {}
+    if raptr_config.on_nonfinite == "skip_step" and bf16.get("enabled") and \
+            bf16.get("check_grad_overflow") is False:
+        raise ConfigError("raptr.on_nonfinite", '"skip_step" needs DeepSpeed to skip steps '
+                          'whose gradient norm is not finite: remove "check_grad_overflow": '
+                          'false from the "bf16" block, or use "stop"')
 
 
 def check_objective(flags: TrainFlags) -> None:

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from support import ROOT, cpu_env, free_port, run, torchrun
 
 TAGS = {"train/loss", "train/lr", "train/tokens_per_sec", "raptr/stage", "raptr/keep_prob",

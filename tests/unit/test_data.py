@@ -15,12 +15,12 @@ from itertools import islice
 
 import numpy as np
 import pytest
+from support import CORPUS
 
 from megaraptr.data import SAMPLE_DIR, load_prepared, prepare, resolve_data
 from megaraptr.data.shards import ShardedTokens, ShardWriter, token_dtype
 from megaraptr.errors import DataError
 
-from support import CORPUS
 ENV = dict(os.environ, TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
 
 

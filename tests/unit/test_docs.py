@@ -12,8 +12,7 @@ import re
 
 import pytest
 from support import ROOT
-from support.docs import (LANGUAGES, all_blocks, blocks, doc_files, markers, needs_engine,
-                          runnable)
+from support.docs import LANGUAGES, all_blocks, blocks, doc_files, markers, needs_engine, runnable
 
 from megaraptr import parse_raptr_block
 from megaraptr.core.config_doc import current_section, render_section

@@ -19,7 +19,6 @@ without a pipeline on 1 and 2 processes:
 """
 from __future__ import annotations
 
-
 import pytest
 import torch
 from support import WORKERS, cpu_env, torchrun

@@ -327,5 +327,18 @@ PATCHES: Dict[str, Patch] = {
                LINK: ("_hp_mapping", "get_full_hp_param")},
         no_fallback="a pipeline's checkpoints and re-partitioning carry the fp32 masters and "
                     "Adam moments through it; without it they would be lost or misread"),
+    "nonfinite_skip_step": Patch(
+        where="megaraptr/runtime/divergence.py",
+        what='under "on_nonfinite": "skip_step", wraps the torch optimizer\'s step, through '
+             "which alone DeepSpeed's ZeRO-0/1/2/3 and bf16 steps change weights and optimizer "
+             "state, so that a dropped step leaves both untouched; and takes a step DeepSpeed "
+             "skipped for an invalid gradient norm out of skipped_steps, stepping the LR "
+             "scheduler as _take_model_step does after an applied update",
+        sources=(ENGINE + "._take_model_step", Z12 + ".step", Z12 + "._optimizer_step",
+                 Z3 + ".step", Z3 + "._optimizer_step", BF16 + ".step"),
+        names={ENGINE: ("skipped_steps", "lr_scheduler", "basic_optimizer")},
+        no_fallback="a dropped step relies on these steps' order (norm check, then the torch "
+                    "optimizer's step; the LR scheduler stepped only without overflow); "
+                    '"on_nonfinite": "stop" needs none of it'),
 }
 """Every patch, by the name ``RaptrEngine.deepspeed_patches`` reports it under."""

@@ -31,6 +31,7 @@ from megaraptr.models import optimizer_groups as default_groups
 from megaraptr.models.pipe import copy_reference_weights, layer_specs, loss_fn, spec_bounds
 from megaraptr.planning.balance import Costs, imbalance, plan_partitions
 from megaraptr.runtime import compat
+from megaraptr.runtime.divergence import reduce_step
 from megaraptr.runtime.engine import RaptrEngine, StepResult
 from megaraptr.runtime.initialize import unsynchronised_throughput_timer
 from megaraptr.runtime.pipe.norm import install_pipeline_norm
@@ -72,6 +73,10 @@ def check_pipeline(num_stages: int, num_layers: int, ds_config: dict,
     if ds_config.get("fp16", {}).get("enabled"):
         raise ConfigError("fp16.enabled", "fp16 with --pipeline-stages is not supported; "
                           "allowed: bf16 or fp32")
+    if raptr_config is not None and raptr_config.on_nonfinite == "skip_step":
+        raise ConfigError("raptr.on_nonfinite", '"skip_step" is not supported with '
+                          '--pipeline-stages (the loss is known only after the update); '
+                          'allowed: "stop"')
     if num_stages < 1:
         raise ConfigError("--pipeline-stages", f"{num_stages}; allowed: 1 or more")
     if num_stages > num_layers:
@@ -148,15 +153,18 @@ class RaptrPipelineEngine(RaptrEngine):
         stage = self.schedule.stage_at(min(self.applied_steps + 1, self.schedule.total_steps))
         return imbalance(self.costs, self.layer_parts, stage)
 
-    def train_batch(self, data_iter) -> StepResult:
+    def train_batch(self, data_iter, votes=()) -> StepResult:
         """One optimizer step: ``gradient_accumulation_steps`` micro-batches from
-        ``data_iter`` ((inputs, labels) pairs) through the 1F1B pipeline schedule."""
+        ``data_iter`` ((inputs, labels) pairs) through the 1F1B pipeline schedule; then the
+        step's one all-reduce (``votes``: as for :meth:`RaptrEngine.train_step`)."""
         step, stage, mask = self.begin_step()
         restore = self._rewarm_lr(step, stage)
-        loss = self.ds.train_batch(data_iter=data_iter)
+        skipped_before = self.ds.skipped_steps
+        loss = float(self.ds.train_batch(data_iter=data_iter))  # the same on every stage
         if restore:
             restore()
-        return self._result(step, stage, mask, float(loss))
+        return self._finish(step, stage, mask, loss, reduce_step(loss, votes, self.ds.device),
+                            skipped_before)
 
     def __call__(self, *args, **kwargs):
         """Refused: a pipeline runs a batch on all its stages at once (DeepSpeed's own
@@ -169,9 +177,9 @@ class RaptrPipelineEngine(RaptrEngine):
     def mlm(self) -> bool:
         return self.ds.module.raptr_model == "bert"
 
-    def train_step(self, micro_batches):
+    def train_step(self, micro_batches, votes=()):
         """``train_batch`` over a list of micro-batch dicts (the ZeRO path's interface)."""
-        return self.train_batch(iter([pipe_pair(b, self.mlm) for b in micro_batches]))
+        return self.train_batch(iter([pipe_pair(b, self.mlm) for b in micro_batches]), votes)
 
     @torch.no_grad()
     def evaluate(self, batches) -> float:
