@@ -1,6 +1,7 @@
-"""RAPTR on top of a DeepSpeed engine: ``megaraptr.initialize`` and one training step.
+"""RAPTR on top of a DeepSpeed engine: one training step on the step's subnetwork.
 
-Usage, in the shape of ``deepspeed.initialize``::
+Usage (``megaraptr.initialize``, :mod:`megaraptr.runtime.initialize`, builds the engine in the
+shape of ``deepspeed.initialize``)::
 
     engine, optimizer, _, lr_scheduler = megaraptr.initialize(
         model=model, model_parameters=param_groups, config="ds_config.json", total_steps=N)
@@ -11,77 +12,86 @@ Usage, in the shape of ``deepspeed.initialize``::
 blocks, runs forward/backward on every micro-batch with that one subnetwork, and lets
 DeepSpeed step; under ``"skipped_layers": "freeze"`` the optimizer leaves skipped layers alone.
 The clock is ``global_steps - skipped_steps``: an fp16 step skipped for overflow does not
-advance the schedule, and the next call retries the same step with the same subnetwork.
+advance the schedule, and the next call retries the same step with the same subnetwork. Each
+step ends in one all-reduce over all ranks (:func:`megaraptr.runtime.divergence.reduce_step`:
+the mean loss, the caller's ``votes``) from which the divergence guard (``raptr.on_nonfinite``)
+stops the run or drops the step's update, the same way on every rank.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+from types import MappingProxyType
 from typing import Optional, Sequence
 
 import torch
 
 from megaraptr import methods
 from megaraptr.core.block import find_blocks, set_layer_mask
-from megaraptr.core.config import RaptrConfig
+from megaraptr.core.config import RaptrConfig, StackingSpec
 from megaraptr.core.mask import LayerMask, MaskDigest
 from megaraptr.core.sampler import SubnetworkSampler
 from megaraptr.core.schedule import Schedule, rewarm_multiplier
 from megaraptr.core.stage import Stage
-from megaraptr.errors import ConfigError
-from megaraptr.kernels import apply_kernels, fused_optimizer, resolve_kernels
-from megaraptr.runtime import consistency, resume_state
-from megaraptr.runtime.layer_copy import copy_layers
-from megaraptr.runtime.zero.groups import (FrozenLayers, clear_stale_zero3_grads, has_layer_groups,
-                                           layer_param_groups)
+from megaraptr.errors import DivergenceError
+from megaraptr.runtime import compat, consistency, resume_state, surface
+from megaraptr.runtime.divergence import DivergenceGuard, StepReduction, reduce_step, weights_finite
+from megaraptr.runtime.layer_copy import grow
+from megaraptr.runtime.lr_scale import scale_lr_once
+from megaraptr.runtime.skip_probe import SkipProbe
+from megaraptr.runtime.step_result import StepResult, loss_of
+from megaraptr.runtime.zero.groups import FrozenLayers, clear_stale_zero3_grads, has_layer_groups
 from megaraptr.runtime.zero.norm import install_layer_norm
 from megaraptr.runtime.zero.prefetch import SubnetworkTrace
 from megaraptr.runtime.zero.step import install_frozen_step
 
-
-@dataclass
-class StepResult:
-    """What one optimizer step did."""
-
-    step: int
-    stage: Stage
-    mask: LayerMask
-    loss: float
-    """Mean training loss over the micro-batches of this rank."""
-    applied: bool
-    """False when the optimizer skipped the step (fp16 overflow)."""
-    keep_prob: float = 1.0
-    """The step's keep probability (PLD: theta(t); stacking: depth / L)."""
-
-
-def loss_of(output) -> torch.Tensor:
-    """The loss in a model's output: a tensor, ``output.loss`` or ``output["loss"]``."""
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, dict):
-        return output["loss"]
-    return output.loss
+NOT_INSTALLED = MappingProxyType({"mode": "eager", "requested": "eager",
+                                  "optimizer": "as configured",
+                                  "reason": "not installed (pipelines run eager kernels)"})
+"""The kernels report of an engine no kernels were installed on (copied per engine)."""
 
 
 class RaptrEngine:
     """A DeepSpeed engine that trains one subnetwork per optimizer step.
 
-    Attributes not defined here (``module``, ``global_steps``, ``monitor``, ...) are the
-    DeepSpeed engine's, reachable as ``engine.ds`` too.
+    Its surface: ``train_step`` trains, ``evaluate`` and ``engine(**batch)`` evaluate the full
+    model, ``save_checkpoint``/``load_checkpoint`` carry megaraptr's state. Of the DeepSpeed
+    engine (``engine.ds``), only the harmless attributes in
+    :data:`megaraptr.runtime.surface.FORWARDED` are readable here (``module``,
+    ``global_steps``, ``monitor``, ``optimizer``, ``lr_scheduler``, ``device``, the batch
+    sizes, ...); ``step``, ``backward``, ``forward`` and ``train_batch`` would bypass the
+    step's subnetwork and raise :class:`megaraptr.errors.EngineUsageError` naming
+    ``train_step``; anything else is ``engine.ds``'s to reach deliberately.
+
+    Attributes:
+        kernels: what :mod:`megaraptr.kernels` installed (set by :func:`megaraptr.initialize`; a
+            pipeline engine runs eager kernels).
     """
 
     def __init__(self, ds_engine, *, config: RaptrConfig, schedule: Schedule, seed: int,
-                 partitions=None):
+                 partitions=None, kernels: Optional[dict] = None):
         self.ds = ds_engine
+        self.kernels = dict(kernels or NOT_INSTALLED)  # per engine, never shared
         self.config = config
         self.schedule = schedule
         self.sampler = SubnetworkSampler(schedule, seed, partitions)
         self.blocks = find_blocks(ds_engine.module, partial=self.is_pipeline)
         self.zero_stage = ds_engine.zero_optimization_stage()
-        self.trace = SubnetworkTrace(ds_engine, self.blocks) if self.zero_stage == 3 else None
+        self.deepspeed_patches = dict(compat.PROCESS_PATCHES)
+        """Each DeepSpeed patch megaraptr considered: "active" or "fallback: <reason>" (a
+        source differs from DeepSpeed 0.19.8's: DeepSpeed's own path runs); runtime.compat."""
+        self.trace = SubnetworkTrace(ds_engine, self.blocks) if self.zero_stage == 3 and \
+            compat.guard(self.deepspeed_patches, "zero3_prefetch") else None
+        self.private_clear = self.zero_stage == 3 and \
+            compat.guard(self.deepspeed_patches, "zero3_stale_grads")
         self.digest = MaskDigest()
+        self.skip_probe = SkipProbe(self.blocks, ds_engine.device)
+        self._applied_mask: Optional[LayerMask] = None
+        """The mask on the blocks and the freezer now (None: unknown, apply the next one)."""
         self.active_layer_steps = 0
         """Sum over applied steps of the number of layers that ran."""
         self.freeze_skipped = config.trains_subnetworks and config.skipped_layers == "freeze"
+        self.guard = DivergenceGuard(config, fp16=ds_engine.fp16_enabled())
+        """What a diverged step does (``raptr.on_nonfinite``); saved in checkpoints."""
         if config.trains_subnetworks:
             methods.get(config.method).check_engine(
                 fp16=ds_engine.fp16_enabled(), zero_stage=ds_engine.zero_optimization_stage())
@@ -90,19 +100,22 @@ class RaptrEngine:
         self.freezer = None
         self.fast_norm = self.fast_step = False
         if has_layer_groups(ds_engine.basic_optimizer):
-            self.freezer = FrozenLayers(ds_engine.basic_optimizer, ds_engine.optimizer)
+            self.freezer = FrozenLayers(ds_engine.basic_optimizer, ds_engine.optimizer,
+                                        self.deepspeed_patches)
         if self.freezer is not None and not self.is_pipeline:  # pipelines: DeepSpeed's own
-            self.fast_norm = install_layer_norm(ds_engine.optimizer, lambda: self.freezer.frozen)
-            if self.freeze_skipped:
+            self.fast_norm = install_layer_norm(ds_engine.optimizer, lambda: self.freezer.frozen,
+                                                self.deepspeed_patches)
+            if self.freeze_skipped:  # with megaraptr's norm nothing reads a frozen gradient
                 self.fast_step = install_frozen_step(ds_engine.optimizer,
-                                                     lambda: self.freezer.frozen)
+                                                     lambda: self.freezer.frozen,
+                                                     self.deepspeed_patches,
+                                                     epilogue=self.fast_norm)
+        if self.guard.decides_before_update:  # after the freezer: it wraps the same step
+            compat.require(self.deepspeed_patches, "nonfinite_skip_step")
+            self.guard.install(ds_engine.basic_optimizer or ds_engine.optimizer)
 
-    def __getattr__(self, name):
-        return getattr(self.__dict__["ds"], name)
-
-    kernels: dict = {"mode": "eager", "requested": "eager", "optimizer": "as configured",
-                     "reason": "not installed (pipelines run eager kernels)"}
-    """What megaraptr.kernels installed (set by :func:`initialize`)."""
+    def __getattr__(self, name):  # only names not found on the engine itself get here
+        return surface.forwarded(self.__dict__.get("ds"), type(self).__name__, name)
 
     is_pipeline = False
     """True in :class:`megaraptr.runtime.pipe.engine.RaptrPipelineEngine` (the blocks of one stage)."""
@@ -156,39 +169,67 @@ class RaptrEngine:
             copies = self.schedule.policy.stage_start_copies(self.schedule, stage)
             if copies:
                 self.copy_layers(copies)
-        set_layer_mask(self.blocks, mask)
+        if mask is not self._applied_mask:  # O(1) while the mask stays (the full model's)
+            set_layer_mask(self.blocks, mask)
+            if self.freeze_skipped:
+                self.freezer.set_frozen(mask.skipped_ids)
+            self._applied_mask = mask
+        self.skip_probe.arm(mask)  # the first step that skips layers only
         if self.trace is not None:
             self.trace.prepare(mask.active)
-        if self.freeze_skipped:
-            self.freezer.set_frozen(mask.skipped_ids)
         return step, stage, mask
 
-    def train_step(self, micro_batches: Sequence[dict]) -> StepResult:
+    def train_step(self, micro_batches: Sequence[dict],
+                   votes: Sequence[float] = ()) -> StepResult:
         """One optimizer step over ``gradient_accumulation_steps`` micro-batches (dicts of
-        model keyword arguments), all on the same subnetwork."""
+        model keyword arguments), all on the same subnetwork.
+
+        Args:
+            votes: numbers to sum over all ranks in the step's one all-reduce (e.g. 1.0 where
+                a signal arrived); the sums come back in ``StepResult.votes``.
+
+        Raises:
+            DivergenceError: the step diverged and ``raptr.on_nonfinite`` says stop.
+        """
         expected = self.ds.gradient_accumulation_steps()
         if len(micro_batches) != expected:
             raise ValueError(f"train_step needs {expected} micro-batches (gradient_accumulation_"
                              f"steps), got {len(micro_batches)}")
         step, stage, mask = self.begin_step()
         self.ds.train()
+        skipped_before = self.ds.skipped_steps
         total = torch.zeros((), device=self.ds.device)
+        reduced = None
         for i, batch in enumerate(micro_batches):
             loss = loss_of(self.ds(**batch))
             self.ds.backward(loss)
+            total += loss.detach().float()
             restore = None
             if i == expected - 1:
                 self._before_optimizer_step(mask)
+                if self.guard.decides_before_update:  # every rank knows the loss first
+                    reduced = reduce_step(total / expected, votes, self.ds.device)
+                    self.guard.before_update(reduced)
                 restore = self._rewarm_lr(step, stage)
             self.ds.step()
             if restore:
                 restore()
-            total += loss.detach().float()
-        return self._result(step, stage, mask, float(total) / expected)
+        reduced = reduced or reduce_step(total / expected, votes, self.ds.device)
+        return self._finish(step, stage, mask, reduced.local_loss, reduced, skipped_before)
+
+    def _finish(self, step: int, stage: Stage, mask: LayerMask, loss: float,
+                reduced: StepReduction, skipped_before: int) -> StepResult:
+        """Judge step ``step`` (raptr.on_nonfinite: may raise) once DeepSpeed has run it, then
+        account for it (:meth:`_result`)."""
+        dropped = self.guard.judge(step, reduced, self.ds, skipped_before)
+        result = self._result(step, stage, mask, loss)
+        result.mean_loss, result.votes, result.dropped = reduced.mean_loss, reduced.votes, dropped
+        return result
 
     def _result(self, step: int, stage: Stage, mask: LayerMask, loss: float) -> StepResult:
         """Account for step ``step`` once DeepSpeed has run it: the run's digest and layer
         count move only when the optimizer applied it (not on an fp16 overflow)."""
+        self.skip_probe.verify(step)
         applied = self.applied_steps == step
         if applied:
             self.digest.update(step, mask)
@@ -200,23 +241,14 @@ class RaptrEngine:
         no LR scheduler overwrites it after the step."""
         factor = rewarm_multiplier(step, stage.first_step, stage.index,
                                    self.config.stage_lr_rewarm_steps, self.first_staged)
-        if factor == 1.0:
-            return None
-        groups = self.ds.optimizer.param_groups
-        saved = [(g, g["lr"], g["lr"] * factor) for g in groups]
-        for group, _, scaled in saved:
-            group["lr"] = scaled
-
-        def undo():
-            for group, lr, scaled in saved:
-                if group["lr"] == scaled:
-                    group["lr"] = lr
-        return undo
+        return scale_lr_once(self.ds.optimizer, factor)
 
     def copy_layers(self, copies) -> None:
         """Copy layer ``source`` onto layer ``target`` for each (target, source), in the module
-        and in the optimizer's fp32 master weights, on every rank (stacking's growth)."""
-        copy_layers(self.ds, self.blocks, copies)
+        and in the optimizer's fp32 master weights, on every rank (stacking's growth); the
+        optimizer state follows ``"stacking": {"optimizer_state"}``."""
+        grow(self.ds, self.blocks, copies, (self.config.stacking or StackingSpec()).optimizer_state,
+             self.freezer, self.deepspeed_patches)
 
     def _before_optimizer_step(self, mask: LayerMask) -> None:
         """Gradients are reduced; the optimizer has not run: mend what ZeRO-3 left stale.
@@ -228,7 +260,34 @@ class RaptrEngine:
             return
         if not (self.freeze_skipped and self.fast_norm):
             params = [p for i in mask.skipped_ids for p in self.blocks[i].parameters()]
-            clear_stale_zero3_grads(self.ds.optimizer, params)
+            clear_stale_zero3_grads(self.ds.optimizer, params, private=self.private_clear)
+
+    @contextlib.contextmanager
+    def _full_model(self):
+        """Eval mode (every block runs, unscaled) for the body, then the previous mode."""
+        was_training = self.ds.module.training
+        eval_mask = self.schedule.policy.eval_mask(self.sampler, self.applied_steps)
+        if eval_mask is not None:  # stacking: the model that exists now
+            set_layer_mask(self.blocks, eval_mask)
+            self._applied_mask = None  # the next step applies its own again
+        self.ds.eval()
+        try:
+            yield
+        finally:
+            self.ds.train(was_training)
+
+    @torch.no_grad()
+    def __call__(self, *args, **kwargs):
+        """The full model's output on one batch (``engine(**batch)``), with eval semantics.
+
+        Every block runs, unscaled, without dropout (under stacking: the blocks that exist
+        now), whatever the engine's mode: in train mode the module is switched to eval for
+        this call and back afterwards, so the call never runs a training subnetwork. No
+        gradients are recorded (a backward through it would bypass ``train_step``). Every
+        data-parallel rank must call it together under ZeRO-3, as for any forward there.
+        """
+        with self._full_model():
+            return self.ds(*args, **kwargs)
 
     @torch.no_grad()
     def evaluate(self, batches: Sequence[dict]) -> float:
@@ -236,23 +295,25 @@ class RaptrEngine:
         of predicted tokens (labels other than -100)."""
         from deepspeed import comm as dist
 
-        was_training = self.ds.module.training
-        eval_mask = self.schedule.policy.eval_mask(self.sampler, self.applied_steps)
-        if eval_mask is not None:  # stacking: the model that exists now
-            set_layer_mask(self.blocks, eval_mask)
-        self.ds.eval()
         sums = torch.zeros(2, dtype=torch.float64, device=self.ds.device)
-        for batch in batches:
-            count = (batch["labels"] != -100).sum()
-            sums[0] += loss_of(self.ds(**batch)).double() * count
-            sums[1] += count
+        with self._full_model():
+            for batch in batches:
+                count = (batch["labels"] != -100).sum()
+                sums[0] += loss_of(self.ds(**batch)).double() * count
+                sums[1] += count
         dist.all_reduce(sums, group=self.ds.data_parallel_group)
-        self.ds.train(was_training)
         return float(sums[0] / sums[1])
 
     def save_checkpoint(self, save_dir: str, tag: Optional[str] = None,
                         client_state: Optional[dict] = None, **kwargs) -> bool:
-        """DeepSpeed's checkpoint with megaraptr's state under ``client_state["raptr"]``."""
+        """DeepSpeed's checkpoint with megaraptr's state under ``client_state["raptr"]``.
+
+        Raises:
+            DivergenceError: some weight is not finite (on any rank): nothing is written.
+        """
+        if not weights_finite(self.ds.module, self.ds.device):
+            raise DivergenceError(f"step {self.applied_steps}: non-finite weights; checkpoint "
+                                  f"{tag or 'of this step'} not written")
         state = dict(client_state or {}, raptr=resume_state.raptr_state(self))
         return self.ds.save_checkpoint(save_dir, tag=tag, client_state=state, **kwargs)
 
@@ -263,66 +324,3 @@ class RaptrEngine:
         path, client_state = self.ds.load_checkpoint(load_dir, tag=tag, **kwargs)
         resume_state.restore_raptr_state(self, path, client_state, override_schedule)
         return path, client_state
-
-
-def initialize(args=None, model=None, optimizer=None, model_parameters=None,
-               training_data=None, lr_scheduler=None, config=None, *, total_steps: int,
-               seed: Optional[int] = None, partitions=None, **ds_kwargs):
-    """``deepspeed.initialize`` with RAPTR: returns (engine, optimizer, dataloader, scheduler).
-
-    Args:
-        config: the DeepSpeed config (dict or JSON path), with an optional "raptr" block;
-            ``args.deepspeed_config`` is used when None.
-        total_steps: the run's total optimizer steps N (the schedule spans 1..N).
-        seed: sampler seed when the raptr block gives none (default 0).
-        optimizer: None (the ds_config "optimizer" block), a callable taking parameter groups,
-            or a torch optimizer built from :func:`megaraptr.layer_param_groups`.
-        partitions: "balanced" sampling's layer partition per schedule stage (default: one
-            part; a pipeline run's plan reproduces its subnetworks without a pipeline).
-        Other arguments go to ``deepspeed.initialize`` unchanged.
-
-    Raises:
-        ConfigError: a bad raptr block or schedule, before DeepSpeed builds anything.
-    """
-    import deepspeed
-
-    if config is None and args is not None:
-        config = getattr(args, "deepspeed_config", None)
-    if config is None:
-        raise ConfigError("config", "a DeepSpeed config (dict or JSON path) is required")
-    raptr_config, ds_config = methods.split_ds_config(config)
-    blocks = find_blocks(model)
-    schedule = methods.build_schedule(raptr_config, num_layers=len(blocks), total_steps=total_steps)
-    kernels, ds_config, optimizer = _install_kernels(raptr_config.kernels, model, blocks,
-                                                     ds_config, optimizer)
-    if isinstance(optimizer, torch.optim.Optimizer):
-        if raptr_config.trains_subnetworks and raptr_config.skipped_layers == "freeze" and \
-                not has_layer_groups(optimizer):
-            raise ConfigError("raptr.skipped_layers", '"freeze" needs an optimizer built from '
-                              "megaraptr.layer_param_groups(model, ...) or none at all")
-        groups = model_parameters
-    else:
-        groups = layer_param_groups(model, blocks, model_parameters)
-    if args is not None and getattr(args, "deepspeed_config", None) is not None:
-        args.deepspeed_config = None  # the dict below is the config; DeepSpeed refuses both
-    ds_engine, ds_optimizer, dataloader, scheduler = deepspeed.initialize(
-        args=args, model=model, optimizer=optimizer, model_parameters=groups,
-        training_data=training_data, lr_scheduler=lr_scheduler, config=ds_config, **ds_kwargs)
-    sampler_seed = raptr_config.seed if raptr_config.seed is not None else (seed or 0)
-    engine = RaptrEngine(ds_engine, config=raptr_config, schedule=schedule, seed=sampler_seed,
-                         partitions=partitions)
-    engine.kernels = kernels
-    return engine, ds_optimizer, dataloader, scheduler
-
-
-def _install_kernels(mode: str, model, blocks, ds_config: dict, optimizer):
-    """Resolve the "kernels" setting for this device and ZeRO stage and install it on the
-    model and the optimizer; returns (report, ds_config, optimizer) (megaraptr.kernels)."""
-    from deepspeed.accelerator import get_accelerator
-
-
-    stage = int((ds_config.get("zero_optimization") or {}).get("stage", 0))
-    plan = resolve_kernels(mode, device=get_accelerator().device_name(), zero_stage=stage)
-    installed = apply_kernels(model, blocks, plan)
-    ds_config, optimizer, choice = fused_optimizer(ds_config, plan, optimizer)
-    return dict(plan.to_dict(), optimizer=choice, **installed), ds_config, optimizer

@@ -45,16 +45,16 @@ class ExtraEvals:
                                    dp_size=dp_size)
             self.sets[name] = to_device(batches.eval_batches(sequences, micro_batch))
 
-    def evaluate(self, engine, step: int, history: dict) -> None:
-        """Evaluate every set at ``step``; append to ``history["extra_eval"]``."""
+    def evaluate(self, engine, step: int, curves: Dict[str, list]) -> None:
+        """Evaluate every set at ``step``; append [step, loss] to ``curves[name]`` (the run
+        history's ``extra_eval``)."""
         for name, batches in self.sets.items():
             loss = engine.evaluate(batches)
-            history.setdefault("extra_eval", {}).setdefault(name, []).append([step, loss])
+            curves.setdefault(name, []).append([step, loss])
             monitor.write(engine, [(f"eval/{name}_loss", loss, step)])
 
     @staticmethod
-    def summary(history: dict) -> dict:
+    def summary(curves: Dict[str, list]) -> dict:
         """The summary's entries: every curve and each set's final loss."""
-        curves = history.get("extra_eval", {})
         return {"extra_eval_history": curves,
                 "final_extra_eval_loss": {n: c[-1][1] for n, c in curves.items() if c}}

@@ -10,7 +10,7 @@ from the ZeRO path, so that :mod:`megaraptr.tools.train` reads the same for both
   being resumed, else from a short profile (:func:`megaraptr.planning.profiling.measure_costs`), and
   the partition of each schedule stage is planned from it (:func:`megaraptr.balance.
   plan_partitions`);
-- before every step, :meth:`step_engine` re-partitions when the plan says so (through a
+- before every step, :meth:`next_engine` re-partitions when the plan says so (through a
   checkpoint under ``--save`` or a temporary folder, :mod:`megaraptr.runtime.pipe.repartition`);
 - checkpoints are written and read by :mod:`megaraptr.runtime.pipe.repartition` (any partition);
 - ``raptr/pipeline_imbalance`` (busiest stage's predicted time / mean, for the step's
@@ -32,22 +32,30 @@ from megaraptr.planning.balance import Costs, imbalance
 from megaraptr.planning.profiling import measure_costs
 from megaraptr.runtime.distributed import device as accelerator_device
 from megaraptr.runtime.pipe import engine as pipeline, repartition
-from megaraptr.runtime.resume_state import find_checkpoint, read_raptr_state
+from megaraptr.runtime.resume_state import read_raptr_state
+from megaraptr.tools.preflight import RunPlan
+from megaraptr.tools.train_data import RunData
 
 
 class PipelineRun:
-    """The pipeline engine of a ``megaraptr.tools.train`` run and its re-partitioning."""
+    """The pipeline engine of a ``megaraptr.tools.train`` run and its re-partitioning (the
+    interface of :class:`megaraptr.tools.train_setup.TrainSetup`)."""
 
-    def __init__(self, args, ds_config: dict, raptr_config, data):
-        self.args, self.ds_config = args, dict(ds_config)
-        torch.manual_seed(args.seed)
-        reference = build_model(args.model, args.size, vocab_size=data.vocab_size,
-                                seq_len=args.seq_len, dropout=args.dropout)
+    inputs = None  # the pipeline reads (inputs, labels) pairs made from the batch dicts
+
+    def __init__(self, plan: RunPlan, data: RunData):
+        flags = plan.flags
+        self.flags, self.ds_config = flags, dict(plan.ds_config)
+        self.sampler_seed = plan.sampler_seed
+        torch.manual_seed(flags.seed)  # the reference model's weights: a function of --seed
+        reference = build_model(flags.model, flags.size, vocab_size=data.vocab_size,
+                                seq_len=flags.seq_len, dropout=flags.dropout)
         self.num_parameters = sum(p.numel() for p in reference.parameters())
         self.cfg = reference.cfg
-        self.resumed = (read_raptr_state(find_checkpoint(args.load)) or {}) if args.load else {}
+        resumed = read_raptr_state(plan.resume_from) if plan.resume_from else None
+        self.resumed = resumed or {}
         """megaraptr's state in the checkpoint being resumed (empty for a new run)."""
-        self.costs, self.cost_source = self._costs(raptr_config, reference, data)
+        self.costs, self.cost_source = self._costs(plan.raptr, reference, data.prepared)
         self._reference = reference
         self._scratch = None
         self.engine = self.build(None)
@@ -62,7 +70,7 @@ class PipelineRun:
             return Costs(**saved), "checkpoint"
 
         micro = self.ds_config.get("train_micro_batch_size_per_gpu", 1)
-        batch = make_batches(data, seq_len=self.args.seq_len, seed=self.args.seed,
+        batch = make_batches(data, seq_len=self.flags.seq_len, seed=self.flags.seed,
                              micro_batch_size=micro, grad_accum=1).step_batches(1)[0]
         device = accelerator_device()
         dtype = torch.bfloat16 if self.ds_config.get("bf16", {}).get("enabled") else None
@@ -73,30 +81,33 @@ class PipelineRun:
     def build(self, layer_parts):
         """The engine of ``layer_parts`` (None: the plan's for the next step to train)."""
         return pipeline.initialize(
-            self.args.model, self.cfg, config=dict(self.ds_config),
-            num_stages=self.args.pipeline_stages, total_steps=self.args.train_steps,
-            seed=self.args.seed, costs=self.costs, reference=self._reference,
+            self.flags.model, self.cfg, config=dict(self.ds_config),
+            num_stages=self.flags.pipeline_stages, total_steps=self.flags.train_steps,
+            seed=self.sampler_seed, costs=self.costs, reference=self._reference,
             layer_parts=layer_parts, first_step=self.resumed.get("applied_steps", 0) + 1)
 
-    def load(self, engine, load_dir: str) -> dict:
-        _, client_state = repartition.load(engine, load_dir)
+    def load(self, checkpoint: str) -> dict:
+        load_dir, tag = os.path.split(os.path.normpath(checkpoint))
+        _, client_state = repartition.load(self.engine, load_dir, tag)
         return client_state or {}
 
-    def save(self, engine, save_dir: str, tag: str, client_state: dict) -> None:
-        repartition.save(engine, save_dir, tag, client_state)
+    def save(self, save_dir: str, tag: str, client_state: dict) -> None:
+        repartition.save(self.engine, save_dir, tag, client_state)
 
-    def step_engine(self, engine, history: dict):
-        """The engine for the next step: ``engine``, or a re-partitioned one."""
+    def next_engine(self, client_state: dict):
+        """The engine for the next step: this one, or a re-partitioned one (through a
+        checkpoint with ``client_state``, under --save or a scratch folder)."""
+        engine = self.engine
         if engine.needs_repartition() is None:
             return engine
-        save_dir = self.args.save
+        save_dir = self.flags.save
         if save_dir is None:
             if self._scratch is None:
                 self._scratch = _shared_tempdir()
             save_dir = self._scratch
         old = engine.layer_parts
         engine, _ = repartition.repartition(engine, self.build, save_dir,
-                                            client_state={"train": history})
+                                            client_state=client_state)
         if torch.distributed.get_rank() == 0:
             print(f"megaraptr: step {engine.applied_steps + 1}: re-partitioned the pipeline "
                   f"{list(old)} -> {list(engine.layer_parts)} (predicted imbalance "
@@ -104,13 +115,20 @@ class PipelineRun:
         self.engine = engine
         return engine
 
-    @staticmethod
-    def events(engine, result) -> List:
+    def events(self, result) -> List:
+        engine = self.engine
         parts, active = engine.layer_parts, result.mask.active
         busiest = max(sum(active[a:b]) for a, b in zip(parts[:-1], parts[1:]))
         return [("raptr/pipeline_imbalance", imbalance(engine.costs, parts, result.stage),
                  result.step),
                 ("raptr/pipeline_busiest_layers", float(busiest), result.step)]
+
+    def summary(self) -> dict:
+        """The summary JSON's "pipeline" entry."""
+        engine = self.engine
+        return {"stages": engine.num_stages, "partition": list(engine.layer_parts),
+                "plan": [list(p) for p in engine.partitions], "costs": vars(self.costs).copy(),
+                "cost_source": self.cost_source}
 
     def describe(self) -> List[str]:
         engine = self.engine

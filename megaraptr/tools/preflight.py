@@ -5,15 +5,19 @@ name and size, the raptr block and its schedule against the model's depth and th
 the pipeline, kernels and objective flags, and a checkpoint to resume (its schedule, seed and
 objective). Every failure is one line naming the flag or key and what is allowed (exit 2 from
 the command line). ``megaraptr-config validate`` runs the same function.
-:func:`prepare_ds_config` fills what the run decides: the default optimizer, the scheduler's
-length and the TensorBoard job name.
+What it resolves comes back as one frozen :class:`RunPlan` (model facts, the DeepSpeed config
+with what the run decides filled in by :func:`prepare_ds_config`, the sampler seed, the notes
+to print), built once and read by every later part of the run; the flags are never written.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+from typing import Optional, Tuple
 
 import torch
 
+from megaraptr.core.config import RaptrConfig, scheduler_warmup_note
 from megaraptr.data.ul2 import paper_mixture
 from megaraptr.errors import ConfigError
 from megaraptr.kernels import resolve_kernels
@@ -21,59 +25,97 @@ from megaraptr.methods import build_schedule, method_name, split_ds_config
 from megaraptr.models import DATA_KIND, MODELS, num_layers
 from megaraptr.models.hf import data_kind, hf_config, is_hf, model_label
 from megaraptr.runtime.pipe.engine import check_pipeline
-from megaraptr.runtime.resume_state import check_compatible, find_checkpoint, read_raptr_state
+from megaraptr.runtime.resume_state import check_compatible, read_raptr_state
+from megaraptr.tools.output_checks import (MONITORS, check_job_name, check_summary_path,
+                                           safe_job_name)
+from megaraptr.tools.resume_point import resume_point
+from megaraptr.tools.train_args import TrainFlags
 
 
-def prepare_ds_config(args, ds_config: dict, method: str) -> dict:
+@dataclasses.dataclass(frozen=True)
+class RunPlan:
+    """One training run, resolved from its flags before anything expensive is built."""
+
+    flags: TrainFlags
+    raptr: RaptrConfig
+    """The validated raptr block (``--kernels`` applied)."""
+    ds_config: dict
+    """The DeepSpeed config the run passes on: its raptr block and what the run decided
+    (:func:`prepare_ds_config`). Read-only: the engines' initializers copy it."""
+    num_layers: int
+    data_kind: str
+    """"mlm" or "causal": what the model trains on."""
+    model_label: str
+    """The model's name in TensorBoard's job name (hf:PATH models: their type)."""
+    method: str
+    sampler_seed: int
+    """The subnetwork sampler's seed: the raptr block's ``seed`` if set, else --seed."""
+    notes: Tuple[str, ...]
+    """What the run changed in the config, printed once it starts."""
+    resume_from: Optional[str] = None
+    """The checkpoint folder the run resumes from (--load DIR, or --load auto's pick); None:
+    a fresh start."""
+
+
+def prepare_ds_config(flags: TrainFlags, ds_config: dict, *, method: str,
+                      label: str) -> Tuple[dict, Tuple[str, ...]]:
     """Fill what the run decides: the default optimizer, the scheduler's length (the run's
-    --train-steps) and the TensorBoard job name when the config leaves it out."""
+    --train-steps) and the TensorBoard job name when the config leaves it out; returns the
+    config and the notes saying what changed."""
+    notes = []
     ds_config.setdefault("optimizer", {"type": "AdamW", "params": {
-        "lr": args.lr, "betas": [0.9, 0.98], "eps": 1e-6, "weight_decay": 0.01,
+        "lr": flags.lr, "betas": [0.9, 0.98], "eps": 1e-6, "weight_decay": 0.01,
         "torch_adam": True}})
     scheduler = ds_config.get("scheduler")
     params = scheduler.setdefault("params", {}) if scheduler else {}
     if "total_num_steps" in params or \
             (scheduler or {}).get("type") in ("WarmupDecayLR", "WarmupCosineLR"):
         before = params.get("total_num_steps")
-        params["total_num_steps"] = args.train_steps
-        if before not in (None, "auto", args.train_steps):
-            args.notes.append(f"scheduler.params.total_num_steps {before} -> {args.train_steps} "
-                              "(--train-steps)")
+        params["total_num_steps"] = flags.train_steps
+        if before not in (None, "auto", flags.train_steps):
+            notes.append(f"scheduler.params.total_num_steps {before} -> {flags.train_steps} "
+                         "(--train-steps)")
+    warmup = scheduler_warmup_note(ds_config, flags.train_steps)
+    if warmup is not None:
+        notes.append(warmup)
+    for block in MONITORS:  # a folder under output_path: one plain name
+        if "job_name" in (ds_config.get(block) or {}):
+            check_job_name(block, ds_config[block]["job_name"])
     board = ds_config.get("tensorboard")
     if board is not None and "job_name" not in board:
-        board["job_name"] = f"{args.model_label}-{args.size}-{method}-seed{args.seed}"
-    return ds_config
+        board["job_name"] = safe_job_name(f"{label}-{flags.size}-{method}-seed{flags.seed}")
+    return ds_config, tuple(notes)
 
 
-def model_facts(args) -> tuple:
+def model_facts(flags: TrainFlags) -> tuple:
     """(layers, data kind, label) of --model, checked before anything is built."""
-    if is_hf(args.model):
+    if is_hf(flags.model):
 
-        if args.pipeline_stages:
+        if flags.pipeline_stages:
             raise ConfigError("--pipeline-stages", "not supported with Hugging Face models "
                               "(--model hf:...); use ZeRO data parallelism")
-        if args.activation_checkpointing == "deepspeed":
+        if flags.activation_checkpointing == "deepspeed":
             raise ConfigError("--activation-checkpointing", '"deepspeed" is not supported with '
                               "Hugging Face models; allowed: none, torch")
-        config = hf_config(args.model, size=args.size, seq_len=args.seq_len)
-        return config.num_hidden_layers, data_kind(config), model_label(args.model, config)
-    if args.model not in MODELS:
-        raise ConfigError("--model", f"{args.model!r}; allowed: {', '.join(sorted(MODELS))}, "
+        config = hf_config(flags.model, size=flags.size, seq_len=flags.seq_len)
+        return config.num_hidden_layers, data_kind(config), model_label(flags.model, config)
+    if flags.model not in MODELS:
+        raise ConfigError("--model", f"{flags.model!r}; allowed: {', '.join(sorted(MODELS))}, "
                           "hf:bert, hf:gpt2, hf:llama, hf:PATH (a local config.json)")
-    return num_layers(args.size), DATA_KIND[args.model], args.model
+    return num_layers(flags.size), DATA_KIND[flags.model], flags.model
 
 
-def validate(args):
-    """Everything that can be checked before expensive work; returns (raptr, ds_config)."""
-    depth, args.data_kind, args.model_label = model_facts(args)
-    raptr_config, ds_config = split_ds_config(args.deepspeed_config)
-    if getattr(args, "kernels", None):
-        raptr_config = raptr_config.model_copy(update={"kernels": args.kernels})
-    schedule = build_schedule(raptr_config, num_layers=depth, total_steps=args.train_steps)
-    if args.pipeline_stages:
+def validate(flags: TrainFlags) -> RunPlan:
+    """Everything that can be checked before expensive work; returns the resolved run."""
+    depth, kind, label = model_facts(flags)
+    raptr_config, ds_config = split_ds_config(flags.deepspeed_config)
+    if flags.kernels:
+        raptr_config = raptr_config.model_copy(update={"kernels": flags.kernels})
+    schedule = build_schedule(raptr_config, num_layers=depth, total_steps=flags.train_steps)
+    if flags.pipeline_stages:
 
-        check_pipeline(args.pipeline_stages, depth, ds_config, raptr_config)
-        if args.activation_checkpointing != "none":
+        check_pipeline(flags.pipeline_stages, depth, ds_config, raptr_config)
+        if flags.activation_checkpointing != "none":
             raise ConfigError("--activation-checkpointing", "not supported with "
                               "--pipeline-stages; allowed: none")
         if raptr_config.kernels not in ("eager", "auto"):  # auto: eager, the one available
@@ -81,36 +123,59 @@ def validate(args):
                               '--pipeline-stages yet; allowed: "eager" or "auto" (eager there)')
     else:
         check_kernels(raptr_config.kernels, ds_config)
-    check_objective(args)
-    if args.exit_at_step is not None and not args.save:
+    check_objective(flags)
+    if flags.exit_at_step is not None and not flags.save:
         raise ConfigError("--exit-at-step", "needs --save DIR to write the checkpoint")
-    if args.exit_at_step is not None and not 1 <= args.exit_at_step <= args.train_steps:
-        raise ConfigError("--exit-at-step", f"{args.exit_at_step} is outside 1..{args.train_steps}")
-    if args.load:
-        path = find_checkpoint(args.load)
-        seed = raptr_config.seed if raptr_config.seed is not None else args.seed
-        check_compatible(read_raptr_state(path), schedule, seed, path,
-                         args.override_raptr_schedule)
+    if flags.exit_at_step is not None and not 1 <= flags.exit_at_step <= flags.train_steps:
+        raise ConfigError("--exit-at-step",
+                          f"{flags.exit_at_step} is outside 1..{flags.train_steps}")
+    check_outputs(flags, raptr_config, ds_config)
+    sampler_seed = raptr_config.sampler_seed(flags.seed)  # the one place it is resolved
+    path = resume_point(flags)  # --load DIR, or --load auto: --save's newest (None: fresh)
+    if path:
+        check_compatible(read_raptr_state(path), schedule, sampler_seed, path,
+                         flags.override_raptr_schedule)
         saved = (read_raptr_state(path, "train") or {}).get("objective", "causal")
-        if args.model == "gpt" and saved != args.objective:
-            raise ConfigError("--objective", f"{args.objective}, but {path} was trained with "
+        if flags.model == "gpt" and saved != flags.objective:
+            raise ConfigError("--objective", f"{flags.objective}, but {path} was trained with "
                               f"--objective {saved} (another vocabulary); allowed: {saved}")
     ds_config["raptr"] = raptr_config.model_dump(exclude_none=True)
-    return raptr_config, prepare_ds_config(args, ds_config, method_name(raptr_config))
+    method = method_name(raptr_config)
+    ds_config, notes = prepare_ds_config(flags, ds_config, method=method, label=label)
+    if flags.load == "auto":
+        notes += (f"--load auto: resuming from {path}" if path else
+                  f"--load auto: no checkpoint under {flags.save} yet: a fresh start",)
+    return RunPlan(flags=flags, raptr=raptr_config, ds_config=ds_config, num_layers=depth,
+                   data_kind=kind, model_label=label, method=method,
+                   sampler_seed=sampler_seed, notes=notes, resume_from=path)
 
 
-def check_objective(args) -> None:
+def check_outputs(flags: TrainFlags, raptr_config: RaptrConfig, ds_config: dict) -> None:
+    """--summary's path, the save flags, and a divergence mode DeepSpeed can carry out."""
+    if flags.summary:
+        check_summary_path(flags.summary)
+    if flags.save_every_minutes and not flags.save:
+        raise ConfigError("--save-every-minutes", "needs --save DIR to write the checkpoints")
+    bf16 = ds_config.get("bf16") or ds_config.get("bfloat16") or {}
+    if raptr_config.on_nonfinite == "skip_step" and bf16.get("enabled") and \
+            bf16.get("check_grad_overflow") is False:
+        raise ConfigError("raptr.on_nonfinite", '"skip_step" needs DeepSpeed to skip steps '
+                          'whose gradient norm is not finite: remove "check_grad_overflow": '
+                          'false from the "bf16" block, or use "stop"')
+
+
+def check_objective(flags: TrainFlags) -> None:
     """--objective ul2 trains the GPT model without a pipeline; --ul2-s-share needs it."""
-    if args.objective == "ul2" and args.model != "gpt":
+    if flags.objective == "ul2" and flags.model != "gpt":
         raise ConfigError("--objective", f"ul2 trains the causal GPT model; use --model gpt "
-                          f"(--model {args.model} trains its own objective)")
-    if args.objective == "ul2" and args.pipeline_stages:
+                          f"(--model {flags.model} trains its own objective)")
+    if flags.objective == "ul2" and flags.pipeline_stages:
         raise ConfigError("--objective", "ul2 is not supported with --pipeline-stages yet")
-    if args.ul2_s_share is not None and args.objective != "ul2":
+    if flags.ul2_s_share is not None and flags.objective != "ul2":
         raise ConfigError("--ul2-s-share", "needs --objective ul2")
-    if args.objective == "ul2":
+    if flags.objective == "ul2":
 
-        paper_mixture(args.ul2_s_share)  # checks the share
+        paper_mixture(flags.ul2_s_share)  # checks the share
 
 
 def check_kernels(mode: str, ds_config: dict) -> None:

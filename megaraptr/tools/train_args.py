@@ -2,17 +2,21 @@
 
 argparse rejects malformed flags with exit code 2; :func:`parse_args` adds the checks that
 need more than one flag and the launchers' conventions (``--local_rank`` from the deepspeed
-launcher, ``--deepspeed`` as a no-op switch like DeepSpeed's own scripts).
+launcher, ``--deepspeed`` as a no-op switch like DeepSpeed's own scripts), and returns the
+flags as a frozen :class:`TrainFlags`: the parts of a run read them, none writes them.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from megaraptr.models import MODELS, SIZES
 from megaraptr.tools.extra_eval import extra_eval_arg
 
+DEFAULT_SAVE_INTERVAL = 1000
+"""--save-interval's default: a long run loses at most this many steps to a crash."""
 DEFAULT_SEQ_LEN = {"tiny": 128, "mini": 128, "narrow": 128, "small": 128, "slim": 128,
                    "base": 512, "medium": 1024, "1.3b": 1024, "1.6b": 1024}
 
@@ -28,6 +32,13 @@ def _non_negative(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0.0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number, 0 or more, got {text}")
     return value
 
 
@@ -61,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exit-at-step", type=_positive, default=None,
                    help="save and exit cleanly after this step (the schedule still spans "
                         "--train-steps)")
+    p.add_argument("--log-interval", type=_non_negative, default=0, metavar="N",
+                   help="print one line every N steps (rank 0): step, loss, LR, layers, "
+                        "tokens/s (0: the progress bar only)")
     p.add_argument("--eval-interval", type=_non_negative, default=0,
                    help="evaluate the full model every N steps (always at start and end)")
     p.add_argument("--eval-sequences", type=_positive, default=64,
@@ -68,9 +82,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--extra-eval", type=extra_eval_arg, action="append", default=[],
                    metavar="NAME=DIR", help="also evaluate on DIR's val split (prepared with the "
                    "training data's tokenizer), reported as NAME; repeatable")
-    p.add_argument("--save", metavar="DIR", default=None)
-    p.add_argument("--save-interval", type=_non_negative, default=0)
-    p.add_argument("--load", metavar="DIR", default=None)
+    p.add_argument("--save", metavar="DIR", default=None,
+                   help="checkpoint folder: saved every --save-interval steps, every "
+                        "--save-every-minutes, at the end, and on SIGTERM/SIGUSR1")
+    p.add_argument("--save-interval", type=_non_negative, default=DEFAULT_SAVE_INTERVAL,
+                   metavar="N", help="save every N steps (0: only at the end and on a stop; "
+                   f"default {DEFAULT_SAVE_INTERVAL})")
+    p.add_argument("--save-every-minutes", type=_non_negative_float, default=0.0, metavar="M",
+                   help="also save on the first step after M minutes since the last save "
+                        "(0: off)")
+    p.add_argument("--load", metavar="DIR", default=None,
+                   help="resume from DIR's latest checkpoint; 'auto': from --save's newest "
+                        "checkpoint when there is one, else start fresh (one command that is "
+                        "safe to requeue)")
     p.add_argument("--override-raptr-schedule", action="store_true",
                    help="resume although the checkpoint was trained under another schedule")
     p.add_argument("--seed", type=_non_negative, default=1234)
@@ -91,12 +115,54 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+@dataclasses.dataclass(frozen=True)
+class TrainFlags:
+    """The flags of one ``megaraptr-train`` run, as parsed (defaults live in the parser)."""
+
+    deepspeed_config: str
+    deepspeed: bool
+    model: str
+    size: str
+    objective: str
+    ul2_s_share: Optional[float]
+    data: Optional[Tuple[str, ...]]
+    """--data: the paths in the order given (None: the built-in sample)."""
+    tokenizer: Optional[str]
+    vocab_size: int
+    seq_len: int
+    """--seq-len, or the size's default (:data:`DEFAULT_SEQ_LEN`)."""
+    train_steps: int
+    exit_at_step: Optional[int]
+    log_interval: int
+    eval_interval: int
+    eval_sequences: int
+    extra_eval: Tuple[Tuple[str, str], ...]
+    """--extra-eval: (NAME, DIR) per held-out set evaluated beside val
+    (:mod:`megaraptr.tools.extra_eval`)."""
+    save: Optional[str]
+    save_interval: int
+    save_every_minutes: float
+    load: Optional[str]
+    """--load: a checkpoint folder, or "auto" (:mod:`megaraptr.tools.resume_point`)."""
+    override_raptr_schedule: bool
+    seed: int
+    """--seed: model initialization, data order and dropout (the sampler's seed is the raptr
+    block's when it sets one: :attr:`megaraptr.tools.preflight.RunPlan.sampler_seed`)."""
+    lr: float
+    dropout: float
+    activation_checkpointing: str
+    kernels: Optional[str]
+    pipeline_stages: int
+    summary: Optional[str]
+    local_rank: int
+
+
+def parse_args(argv: Optional[List[str]] = None) -> TrainFlags:
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.notes = []  # what the run changed in the config, printed once it starts
-    if args.seq_len is None:
-        args.seq_len = DEFAULT_SEQ_LEN[args.size]
     if not 0.0 <= args.dropout < 1.0:
         parser.error(f"--dropout: must be in [0, 1), got {args.dropout}")
-    return args
+    seq_len = args.seq_len if args.seq_len is not None else DEFAULT_SEQ_LEN[args.size]
+    data = tuple(args.data) if args.data is not None else None
+    return TrainFlags(**dict(vars(args), seq_len=seq_len, data=data,
+                             extra_eval=tuple(args.extra_eval)))

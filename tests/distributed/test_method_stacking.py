@@ -9,7 +9,6 @@ import pytest
 from support import WORKERS, cpu_env, torchrun
 
 
-
 @pytest.fixture(scope="module")
 def zero_runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("stacking")
@@ -45,3 +44,31 @@ def test_zero_stages_follow_one_fp32_trajectory_through_growth(zero_runs):
     assert bf16 == pytest.approx(base, rel=2e-3)
     # before any training the 2-layer model is evaluated, the same on both ranks
     assert zero_runs[0]["0-fp32"]["initial_eval"] == zero_runs[1]["0-fp32"]["initial_eval"]
+
+
+@pytest.mark.distributed
+def test_copy_gives_new_layers_their_sources_state_under_zero_0_1_3(zero_runs):
+    rank0 = zero_runs[0]
+    fresh = [s["loss"] for s in rank0["0-fp32"]["steps"]]
+    base = [s["loss"] for s in rank0["0-fp32-copy"]["steps"]]
+    for rank in zero_runs:
+        for stage in (0, 1, 3):
+            growths = rank[f"{stage}-fp32-copy"]["growths"]
+            assert growths and all(g["state_copied"] for g in growths), stage
+    for stage in (1, 3):  # the same copy under every partitioning of the state
+        losses = [s["loss"] for s in rank0[f"{stage}-fp32-copy"]["steps"]]
+        assert losses == pytest.approx(base, rel=2e-5), stage
+    assert base[:4] == fresh[:4] and base[4:] != pytest.approx(fresh[4:], rel=1e-6)
+    assert not any(g["state_copied"] for g in rank0["0-fp32"]["growths"])  # fresh: no state
+
+
+@pytest.mark.distributed
+def test_reset_all_drops_every_layers_state_under_zero_0_2(zero_runs):
+    rank0 = zero_runs[0]
+    fresh = [s["loss"] for s in rank0["0-fp32"]["steps"]]
+    base = [s["loss"] for s in rank0["0-fp32-reset_all"]["steps"]]
+    for stage in (0, 2):
+        case = rank0[f"{stage}-fp32-reset_all"]
+        assert all(g["state_entries"] == 0 for g in case["growths"]), stage
+        assert [s["loss"] for s in case["steps"]] == pytest.approx(base, rel=2e-5), stage
+    assert base[:4] == fresh[:4] and base[4:] != pytest.approx(fresh[4:], rel=1e-6)

@@ -11,7 +11,6 @@ from support import run, small_corpus
 from megaraptr.data import SAMPLE_DIR
 
 
-
 def bench(out, *extra, check=True):
     return run([sys.executable, "-m", "megaraptr.bench.quality", "--out", out, "--size", "tiny",
                 "--steps", "6", "--evals", "2", "--eval-sequences", "8", "--micro-batch", "4",

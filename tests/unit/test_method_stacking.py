@@ -3,7 +3,6 @@ that exists (training and evaluation), copies into DeepSpeed's fp32 master weigh
 0-3, and a tiny run that resumes exactly (mid-stage and at a growth step), reporting FLOPs."""
 from __future__ import annotations
 
-
 import pytest
 
 from megaraptr.core.sampler import SubnetworkSampler
@@ -67,7 +66,7 @@ def test_evaluation_skips_layers_that_do_not_exist_yet():
     ({"fixed_layers": [0]}, "raptr.fixed_layers"),
     ({"scaling": "none"}, "raptr.scaling"),
     ({"full_model_warmup_steps": 10}, "raptr.full_model_warmup_steps"),
-    ({"stacking": {"optimizer_state": "copy"}}, "raptr.stacking.optimizer_state"),
+    ({"stacking": {"optimizer_state": "average"}}, "raptr.stacking.optimizer_state"),
 ])
 def test_bad_blocks_name_the_key(block, key):
     block = {k: v for k, v in block.items() if v is not None} if block.get("schedule", 1) \

@@ -20,7 +20,7 @@ import torch
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: tests/workers/ is two levels down
 MODEL_OF = {"bert_base": ("bert", "base"), "bert_large": ("bert", "medium"),
             "gpt_medium": ("gpt", "medium"), "gpt_1_3b": ("gpt", "1.3b"),
             "ul2_1_6b": ("gpt", "1.6b"), "gpt_mini": ("gpt", "mini"), "tiny": ("bert", "tiny")}

@@ -14,12 +14,18 @@ of the gradients it holds (a tied weight once: its replicas are ``ds_pipe_replic
 ZeRO padding left out), one all-reduce over the data-parallel group (ZeRO-1's partitions)
 and one over the stages give the model's norm, and every stage clips by it. The bf16
 optimizer already computes one global norm and is left alone.
+
+DeepSpeed's own path is wrong here (a partial norm, or a hang), so there is no fallback: when
+the installed DeepSpeed's sources differ from those of 0.19.8, the run stops before training
+(patches ``pipe_fp32_clip`` and ``pipe_zero1_norm`` in :mod:`megaraptr.runtime.compat`).
 """
 from __future__ import annotations
 
-from typing import List
+from typing import List, Optional
 
 import torch
+
+from megaraptr.runtime import compat
 
 
 def _squared(grads: List[torch.Tensor], device) -> torch.Tensor:
@@ -33,9 +39,17 @@ def _counted(pairs) -> List[torch.Tensor]:
     return [g for g, p in pairs if not getattr(p, "ds_pipe_replicated", False)]
 
 
-def install_pipeline_norm(ds_engine) -> None:
-    """Give a pipeline engine's fp32 and ZeRO-1 paths the whole model's clipping norm."""
+def install_pipeline_norm(ds_engine, patches: Optional[dict] = None) -> None:
+    """Give a pipeline engine's fp32 and ZeRO-1 paths the whole model's clipping norm.
+
+    Args:
+        patches: where the outcome is recorded (``RaptrEngine.deepspeed_patches``).
+
+    Raises:
+        DeepSpeedCompatError: a path this run takes differs from DeepSpeed 0.19.8's.
+    """
     from deepspeed import comm as dist
+    from deepspeed.runtime.zero.stage_1_and_2 import DeepSpeedZeroOptimizer
 
     stages = ds_engine.mpu.get_model_parallel_group()
     optimizer = ds_engine.optimizer
@@ -50,8 +64,13 @@ def install_pipeline_norm(ds_engine) -> None:
             torch._foreach_mul_([p.grad for p in params], coef.to(params[0].grad.dtype))
         return total.sqrt()
 
-    ds_engine.clip_fp32_gradients = clip_fp32_gradients
-    if hasattr(optimizer, "bit16_groups") and hasattr(optimizer, "averaged_gradients"):
+    # DeepSpeedEngine._take_model_step calls it with clipping on, in fp32 without ZeRO only
+    low_precision = ds_engine.fp16_enabled() or ds_engine.bfloat16_enabled()
+    if ds_engine.gradient_clipping() > 0 and not (low_precision or ds_engine.zero_optimization()):
+        compat.require(patches, "pipe_fp32_clip")
+        ds_engine.clip_fp32_gradients = clip_fp32_gradients
+    if isinstance(optimizer, DeepSpeedZeroOptimizer):  # ZeRO-1 (bf16 with fp32 gradient
+        compat.require(patches, "pipe_zero1_norm")  # accumulation: the bf16 optimizer)
         from deepspeed.runtime.utils import mask_nan_or_inf_with_val_inplace
 
         @torch.no_grad()

@@ -28,7 +28,8 @@ Under both policies the wrapper also mends a DeepSpeed 0.19.8 gap: ZeRO-1/2 and 
 optimizer link their per-parameter views of the optimizer state (``safe_get_full_optimizer_
 state``, used to inspect or move Adam moments) once, right after the *first group's* first
 step, when later groups have no state yet; with one group per layer most layers would never be
-linked. Whenever a group is stepped for the first time, the wrapper asks DeepSpeed to link again.
+linked. Whenever a group is stepped for the first time, the wrapper asks DeepSpeed to link again
+(patch ``hp_state_relink`` in :mod:`megaraptr.runtime.compat`).
 """
 from __future__ import annotations
 
@@ -36,6 +37,8 @@ from typing import Iterable, List, Optional, Sequence
 
 import torch
 from torch import nn
+
+from megaraptr.runtime import compat
 
 NOT_A_LAYER = -1
 GROUP_KEY = "raptr_layer"
@@ -96,6 +99,8 @@ def partition_layers(ds_optimizer) -> Optional[List[int]]:
     basic = getattr(ds_optimizer, "optimizer", None)
     if basic is None or any(getattr(ds_optimizer, name, False) for name in _MOVING_PARTS):
         return None
+    if "muon" in type(basic).__name__.lower():  # ZeRO-1/2 has no use_muon flag: DeepSpeed's
+        return None  # own Muon test (_is_muon_group) looks at the optimizer's class name
     if getattr(ds_optimizer, "model_parallel_world_size", 1) not in (None, 1):
         return None
     if hasattr(ds_optimizer, "sub_group_to_group_id"):  # ZeRO-3
@@ -119,9 +124,12 @@ class FrozenLayers:
         basic_optimizer: the torch optimizer DeepSpeed wraps (``engine.basic_optimizer``).
         ds_optimizer: DeepSpeed's wrapper (``engine.optimizer``); told to re-link its
             optimizer-state views when a group is stepped for the first time.
+        patches: where the re-link patch's outcome is recorded
+            (``RaptrEngine.deepspeed_patches``).
     """
 
-    def __init__(self, basic_optimizer: torch.optim.Optimizer, ds_optimizer=None):
+    def __init__(self, basic_optimizer: torch.optim.Optimizer, ds_optimizer=None,
+                 patches: Optional[dict] = None):
         if not has_layer_groups(basic_optimizer):
             raise ValueError('"skipped_layers": "freeze" needs per-layer parameter groups: build '
                              "the optimizer from megaraptr.layer_param_groups(model, ...)")
@@ -130,8 +138,16 @@ class FrozenLayers:
         self._ds_optimizer = ds_optimizer
         self._stateless = {id(g) for g in basic_optimizer.param_groups}
         """Groups not yet holding optimizer state (their first step needs a re-link)."""
+        self._relink = hasattr(ds_optimizer, "_hp_optimizer_states_linked") and \
+            compat.guard(patches, "hp_state_relink")
+        """Whether to re-link (ZeRO-1/2 and bf16 optimizers, on a DeepSpeed that matches)."""
         self._step = basic_optimizer.step
         basic_optimizer.step = self._filtered_step
+
+    def forget_state(self) -> None:
+        """Every group holds optimizer state anew from its next update (after a copy or a reset
+        of the state): DeepSpeed's per-parameter views are linked again then."""
+        self._stateless = {id(g) for g in self._optimizer.param_groups}
 
     def set_frozen(self, layer_ids: Iterable[int]) -> None:
         """Layers whose groups the next optimizer step leaves alone."""
@@ -153,18 +169,32 @@ class FrozenLayers:
                 opt.param_groups = groups
         stepped = [g for g in fresh if all(opt.state.get(p) for p in g["params"])]
         self._stateless.difference_update(id(g) for g in stepped)
-        if stepped and hasattr(self._ds_optimizer, "_hp_optimizer_states_linked"):
+        if stepped and self._relink:
             # DeepSpeed links per-parameter views of the optimizer state once, after the first
             # step; a group first stepped later (frozen until now) needs linking again.
             self._ds_optimizer._hp_optimizer_states_linked = False
         return out
 
 
-def clear_stale_zero3_grads(ds_optimizer, params: Sequence[torch.nn.Parameter]) -> None:
+def clear_stale_zero3_grads(ds_optimizer, params: Sequence[torch.nn.Parameter], *,
+                            private: bool = True) -> None:
     """Zero this rank's reduced-gradient partitions of ``params`` (skipped layers) under ZeRO-3.
 
     Call between the last backward of an optimizer step and ``engine.step()``.
+
+    Args:
+        private: zero the partitions in place, found through a private DeepSpeed method, in
+            one foreach call (patch ``zero3_stale_grads``); else through DeepSpeed's public
+            ``safe_set_local_grad``, one zero tensor per parameter.
     """
+    if not private:
+        from deepspeed.utils import safe_set_local_grad
+
+        for param in params:
+            if param.requires_grad:
+                safe_set_local_grad(param, torch.zeros(param.ds_tensor.numel(),
+                                                       device=param.ds_tensor.device))
+        return
     buffers = []
     for param in params:
         if param.requires_grad:

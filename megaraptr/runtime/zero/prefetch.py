@@ -22,7 +22,10 @@ blocks only, marked complete. The coordinator then prefetches exactly the parame
 will use, in order, and never gathers a skipped layer's. Until every active block's runs are
 known, the step is left to DeepSpeed to record (no prefetch, no wasted gathers).
 
-This uses the coordinator's private fields of DeepSpeed 0.19.x (checked at construction).
+This uses the coordinator's private (name-mangled) fields, as of DeepSpeed 0.19.8: the engine
+builds a :class:`SubnetworkTrace` only when the coordinator's source is that release's
+(patch ``zero3_prefetch`` in :mod:`megaraptr.runtime.compat`); otherwise DeepSpeed keeps
+recording its own trace.
 """
 from __future__ import annotations
 
@@ -30,7 +33,11 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from torch import nn
 
-_P = "_PartitionedParameterCoordinator__"
+# The coordinator's `self.__x` fields as Python stores them (name-mangled)
+ORDER = "_PartitionedParameterCoordinator__submodule_order"
+PARAM_ORDER = "_PartitionedParameterCoordinator__param_order"
+MODE = "_PartitionedParameterCoordinator__trace_mode"
+PARAM_IN_TRACE = "_PartitionedParameterCoordinator__ParamInTrace"
 
 
 class SubnetworkTrace:
@@ -46,11 +53,6 @@ class SubnetworkTrace:
 
         self._ppc = ppc
         self.coordinator = ds_engine.optimizer._get_param_coordinator()
-        for field in ("submodule_order", "param_order", "trace_mode", "ParamInTrace"):
-            if not hasattr(self.coordinator, _P + field) and not hasattr(type(self.coordinator),
-                                                                          _P + field):
-                raise RuntimeError(f"this DeepSpeed's ZeRO-3 coordinator has no {field}; "
-                                   "megaraptr's prefetch supports DeepSpeed 0.19.x")
         self.blocks = list(blocks)
         self.layer_of = {block: block.layer_id for block in self.blocks}
         self.owner: Dict[nn.Module, int] = {}
@@ -90,7 +92,7 @@ class SubnetworkTrace:
 
     def learn(self) -> None:
         """Read the coordinator's last recorded trace, if it is a training pass."""
-        order = getattr(self.coordinator, _P + "submodule_order")
+        order = getattr(self.coordinator, ORDER)
         if not order or self.coordinator.is_invalid_trace() or order is self._installed_order:
             return  # nothing recorded, or the trace megaraptr installed: nothing new
         parsed = self._parse(order)
@@ -123,21 +125,21 @@ class SubnetworkTrace:
 
     def _install(self, order: Tuple[nn.Module, ...]) -> None:
         co, ppc = self.coordinator, self._ppc
-        param_in_trace = getattr(type(co), _P + "ParamInTrace")
+        param_in_trace = getattr(type(co), PARAM_IN_TRACE)
         params = []
         for step_id, module in enumerate(order):
             leaf = ppc.z3_leaf_module(module)
             for param in sorted(set(ppc.iter_params(module, recurse=leaf)), key=lambda p: p.ds_id):
                 params.append(param_in_trace(param=param, step_id_last_used_at=step_id))
-        setattr(co, _P + "submodule_order", order)
+        setattr(co, ORDER, order)
         self._installed_order = order
-        setattr(co, _P + "param_order", tuple(params))
-        setattr(co, _P + "trace_mode", ppc.ZeRoTraceMode.COMPLETE)
+        setattr(co, PARAM_ORDER, tuple(params))
+        setattr(co, MODE, ppc.ZeRoTraceMode.COMPLETE)
 
     def _record_next(self) -> None:
         co = self.coordinator
         co._clear_trace_structures()
-        setattr(co, _P + "trace_mode", self._ppc.ZeRoTraceMode.RECORD)
+        setattr(co, MODE, self._ppc.ZeRoTraceMode.RECORD)
 
     def prepare(self, active: Sequence[bool]) -> bool:
         """Before a step's first forward: install its trace (True), or have DeepSpeed record
@@ -148,7 +150,7 @@ class SubnetworkTrace:
         if order is None:
             self._record_next()
             return False
-        current = getattr(self.coordinator, _P + "submodule_order")
+        current = getattr(self.coordinator, ORDER)
         if not (self.coordinator.is_complete_trace() and current == order):
             self._install(order)
         return True
