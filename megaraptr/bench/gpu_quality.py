@@ -14,7 +14,7 @@ gpt    slim 12x176    4.49M       256 x 128 = 32,768  2,739  22.2M (BPE 2048)   
 
 (BERT sees its data 11.4 times, a fresh mask each time; GPT 4.0 times.) Methods, in priority
 order: ``METHODS``; PLD and LayerDrop are FLOP-matched to RAPTR. The GPU time this needs is
-estimated in docs/quality.md (all methods of both models: about 9e16 FLOPs); while the sweeps
+estimated in docs/quality/README.md (all methods of both models: about 9e16 FLOPs); while the sweeps
 run, :func:`watch` measures every
 training's step rate each ``CHECK_SECONDS`` and stops the lowest-priority trainings the GPU
 could not also finish by the deadline (processor sharing, :func:`megaraptr.bench.sweep.

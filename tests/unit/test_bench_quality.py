@@ -107,3 +107,20 @@ def test_comparisons_set_side_by_side_only_runs_of_the_same_budget():
         in flops
     assert "| raptr |" in wall and "| stacking |" in wall and "| raptr-long |" not in wall
     assert "raptr's 84 s / full's 100 s" in wall
+
+
+def test_seed_table_gaps_are_taken_within_each_seed():
+    from megaraptr.bench.seeds import seed_table
+
+    def run(val, moby):
+        return {"final_eval_loss": val, "final_extra_eval_loss": {"moby": moby},
+                "layer_flops_vs_full": 0.75}
+
+    one = {"h5/full": run(5.0, 6.0), "h5/raptr": run(5.1, 6.3), "h5/idea": run(4.9, 6.0)}
+    two = {"h5/full": run(5.2, 6.2), "h5/raptr": run(5.2, 6.3)}
+    lines = seed_table([one, two])
+    raptr = [c.strip() for c in lines[3].strip("|").split("|")]
+    assert raptr[:3] == ["h5/raptr", "0.750", "5.1000, 5.2000"]
+    assert raptr[3:5] == ["5.1500", "+0.0500 (+0.0000 to +0.1000)"]
+    assert raptr[5:8] == ["6.3000, 6.3000", "6.3000", "+0.2000 (+0.1000 to +0.3000)"]
+    assert len(lines) == 6 and lines[-1] == "In only some sweeps (no row): h5/idea."
