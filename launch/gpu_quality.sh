@@ -3,17 +3,17 @@
 #   bash launch/gpu_quality.sh                    # from the repo root; results under $OUT (out/)
 # It installs the carried wheels into /tmp/site, unpacks the carried pre-tokenized data into
 # /tmp, then runs python -m megaraptr.bench.gpu_quality: BERT (12 x 256, masked LM) and GPT
-# (12 x 192, causal LM), each to 20 tokens per non-embedding parameter, every method's training
+# (12 x 176, causal LM), each to 20 tokens per non-embedding parameter, every method's training
 # a process of its own sharing the one GPU (bf16, compiled kernels where they help), the corpus
 # without one source (moby), evaluated on val and on that source. Everything ends by BUDGET
 # seconds from this script's start (default 470; if the sweep would run over, the
 # lowest-priority runs are stopped first). Reports, PNGs, runs.json and logs land in
 # $OUT/<model>/; the short table comes last.
 # Carry ONE git-ignored folder, made on a machine with the registry and the corpus:
-#   (fill .whl/ with the device notes' make-wheels.sh first, then)
+#   bash launch/gpu_wheels.sh                    # .whl/: deepspeed, pydantic, hjson (cp312)
 #   python -m megaraptr.bench.gpu_quality_data --corpus CORPUS   # .gpuquality/: whl/ + data
 # CPU dry run (tiny sizes, no wheels; an environment with megaraptr's requirements):
-#   PYTHON=/work/venv/bin/python WHEELS=0 DEVICE=cpu OUT=/tmp/gq bash launch/gpu_quality.sh
+#   PYTHON=python WHEELS=0 DEVICE=cpu OUT=/tmp/gq bash launch/gpu_quality.sh
 set -uo pipefail
 START=$(date +%s)
 OUT=${OUT:-out}; DEVICE=${DEVICE:-cuda}; BUDGET=${BUDGET:-470}; PYTHON=${PYTHON:-python3}

@@ -3,7 +3,7 @@
     python -m megaraptr.bench.gpu_quality_data --corpus CORPUS   # -> .gpuquality/
 
 after filling ``.whl/`` with the wheels the GPU machine lacks (deepspeed 0.19.8, pydantic,
-hjson for Python 3.12: the device notes' ``make-wheels.sh``, see docs/benchmarks.md).
+hjson for Python 3.12: ``bash launch/gpu_wheels.sh``, see docs/benchmarks.md).
 ``CORPUS``: a folder with ``train.jsonl.gz`` and ``val.jsonl.gz`` whose lines carry a
 ``source`` field (default ``$MEGARAPTR_CORPUS``).
 
