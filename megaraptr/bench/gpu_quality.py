@@ -13,11 +13,10 @@ gpt    slim 12x176    4.49M       256 x 128 = 32,768  2,739  22.2M (BPE 2048)   
 =====  =============  ==========  ==================  =====  =====================  ====
 
 (BERT sees its data 11.4 times, a fresh mask each time; GPT 4.0 times.) Methods, in priority
-order: ``METHODS``; PLD and LayerDrop are FLOP-matched to RAPTR. The GPU time this needs is
-estimated in docs/quality/README.md (all methods of both models: about 9e16 FLOPs); while the sweeps
-run, :func:`watch` measures every
-training's step rate each ``CHECK_SECONDS`` and stops the lowest-priority trainings the GPU
-could not also finish by the deadline (processor sharing, :func:`megaraptr.bench.sweep.
+order: ``METHODS``; PLD and LayerDrop are FLOP-matched to RAPTR. The work this needs is
+estimated in docs/quality/README.md (all methods of both models: about 1.1e17 FLOPs); while
+the sweeps run, :func:`watch` measures every training's step rate each ``CHECK_SECONDS`` and
+stops the lowest-priority trainings the GPU could not also finish by the deadline (processor sharing, :func:`megaraptr.bench.sweep.
 plan_drops`), so the runs that do finish each finish their own schedule. Data: the carried
 folder (:mod:`megaraptr.bench.gpu_quality_data`): the corpus without one source (``moby``),
 evaluated on val and on that source. Each sweep writes the quality benchmark's report,
@@ -45,8 +44,8 @@ from megaraptr.bench.sweep import CHECK_SECONDS, plan_drops
 
 TOKENS_PER_PARAM = 20
 HOLDOUT = "moby"
-METHODS = ["full", "raptr", "stacking", "full-matched", "raptr-sqrt-scaled", "raptr-scaled",
-           "pld", "layerdrop"]
+METHODS = ["full", "raptr", "stacking", "full-matched", "raptr-fixed-half", "raptr-sqrt-scaled",
+           "raptr-scaled", "pld", "layerdrop"]
 GPU = {"bert": dict(size="small", micro_batch=256, seq_len=128, lr=1e-3),
        "gpt": dict(size="slim", micro_batch=256, seq_len=128, lr=2e-3)}
 DRY = {"bert": dict(size="tiny", micro_batch=4, seq_len=32, lr=2e-3, steps=8),
