@@ -14,15 +14,15 @@ gpt    slim 12x176    4.49M       256 x 128 = 32,768  2,739  22.2M (BPE 2048)   
 
 (BERT sees its data 11.4 times, a fresh mask each time; GPT 4.0 times.) Methods, in priority
 order: ``METHODS``; PLD and LayerDrop are FLOP-matched to RAPTR. The work this needs is
-estimated in docs/quality/README.md (all methods of both models: about 1.1e17 FLOPs); while
-the sweeps run, :func:`watch` measures every training's step rate each ``CHECK_SECONDS`` and
-stops the lowest-priority trainings the GPU could not also finish by the deadline (processor
-sharing, :func:`megaraptr.bench.sweep.plan_drops`), so the runs that do finish each finish their own schedule. Data: the carried
-folder (:mod:`megaraptr.bench.gpu_quality_data`): the corpus without one source (``moby``),
-evaluated on val and on that source. Each sweep writes the quality benchmark's report,
-curves, PNG and runs.json under ``OUT/<model>/``; the short table comes last. The runs share
-the GPU, so their wall-clock is no side-by-side measure (the step-time benchmark,
-docs/benchmarks.md, is one) and no wall-clock-matched run is made here.
+estimated in docs/quality/README.md (all methods of both models: about 1.1e17 FLOPs); while the
+sweeps run, :func:`watch` measures every training's step rate each ``CHECK_SECONDS`` and stops
+the lowest-priority trainings the GPU could not also finish by the deadline (processor sharing,
+:func:`megaraptr.bench.sweep.plan_drops`), so the runs that do finish each finish their own
+schedule. Data: the carried folder (:mod:`megaraptr.bench.gpu_quality_data`): the corpus without
+one source (``moby``), evaluated on val and on that source. Each sweep writes the quality
+benchmark's report, curves, PNG and runs.json under ``OUT/<model>/``; the short table comes
+last. The runs share the GPU, so their wall-clock is no side-by-side measure (the step-time
+benchmark, docs/benchmarks.md, is one) and no wall-clock-matched run is made here.
 
     python -m megaraptr.bench.gpu_quality --out out --data /tmp/gq/data --deadline T
     python -m megaraptr.bench.gpu_quality --out /tmp/o --data /tmp/gq/data --dry-run  # CPU
