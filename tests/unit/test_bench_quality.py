@@ -118,8 +118,9 @@ def test_seed_table_gaps_are_taken_within_each_seed():
 
     one = {"h5/full": run(5.0, 6.0), "h5/raptr": run(5.1, 6.3), "h5/idea": run(4.9, 6.0)}
     two = {"h5/full": run(5.2, 6.2), "h5/raptr": run(5.2, 6.3)}
-    lines = seed_table([one, two])
+    lines = seed_table([one, two], seeds=["1234", "2"])
     raptr = [c.strip() for c in lines[3].strip("|").split("|")]
+    assert lines[0].startswith("| run | layer FLOPs | val: seed 1234, seed 2 |")
     assert raptr[:3] == ["h5/raptr", "0.750", "5.1000, 5.2000"]
     assert raptr[3:5] == ["5.1500", "+0.0500 (+0.0000 to +0.1000)"]
     assert raptr[5:8] == ["6.3000, 6.3000", "6.3000", "+0.2000 (+0.1000 to +0.3000)"]
