@@ -26,8 +26,8 @@ from megaraptr.models import DATA_KIND, MODELS, num_layers
 from megaraptr.models.hf import data_kind, hf_config, is_hf, model_label
 from megaraptr.runtime.pipe.engine import check_pipeline
 from megaraptr.runtime.resume_state import check_compatible, read_raptr_state
-from megaraptr.tools.output_checks import (MONITORS, check_job_name, check_summary_path,
-                                           safe_job_name)
+from megaraptr.tools.output_checks import (MONITORS, RUN_ID, check_job_name, check_summary_path,
+                                           new_run_id, safe_job_name)
 from megaraptr.tools.resume_point import resume_point
 from megaraptr.tools.train_args import TrainFlags
 
@@ -55,10 +55,18 @@ class RunPlan:
     resume_from: Optional[str] = None
     """The checkpoint folder the run resumes from (--load DIR, or --load auto's pick); None:
     a fresh start."""
+    run_id: Optional[str] = None
+    """The run's id (in the derived TensorBoard job name): new on a fresh start, the
+    checkpoint's on a resume (None: a checkpoint from before run ids, whose folder had none)."""
+
+    @property
+    def objective(self) -> str:
+        """What the model trains on: "mlm", "causal" or "ul2"."""
+        return "ul2" if self.flags.objective == "ul2" else self.data_kind
 
 
-def prepare_ds_config(flags: TrainFlags, ds_config: dict, *, method: str,
-                      label: str) -> Tuple[dict, Tuple[str, ...]]:
+def prepare_ds_config(flags: TrainFlags, ds_config: dict, *, method: str, label: str,
+                      run_id: Optional[str] = None) -> Tuple[dict, Tuple[str, ...]]:
     """Fill what the run decides: the default optimizer, the scheduler's length (the run's
     --train-steps) and the TensorBoard job name when the config leaves it out; returns the
     config and the notes saying what changed."""
@@ -83,7 +91,8 @@ def prepare_ds_config(flags: TrainFlags, ds_config: dict, *, method: str,
             check_job_name(block, ds_config[block]["job_name"])
     board = ds_config.get("tensorboard")
     if board is not None and "job_name" not in board:
-        board["job_name"] = safe_job_name(f"{label}-{flags.size}-{method}-seed{flags.seed}")
+        run = f"-{run_id}" if run_id else ""  # each run its own folder; a resume its run's
+        board["job_name"] = safe_job_name(f"{label}-{flags.size}-{method}-seed{flags.seed}{run}")
     return ds_config, tuple(notes)
 
 
@@ -132,22 +141,27 @@ def validate(flags: TrainFlags) -> RunPlan:
     check_outputs(flags, raptr_config, ds_config)
     sampler_seed = raptr_config.sampler_seed(flags.seed)  # the one place it is resolved
     path = resume_point(flags)  # --load DIR, or --load auto: --save's newest (None: fresh)
+    run_id = new_run_id()
     if path:
         check_compatible(read_raptr_state(path), schedule, sampler_seed, path,
                          flags.override_raptr_schedule)
-        saved = (read_raptr_state(path, "train") or {}).get("objective", "causal")
+        train_state = read_raptr_state(path, "train") or {}
+        saved_id = train_state.get("run_id")
+        run_id = saved_id if isinstance(saved_id, str) and RUN_ID.fullmatch(saved_id) else None
+        saved = train_state.get("objective", "causal")
         if flags.model == "gpt" and saved != flags.objective:
             raise ConfigError("--objective", f"{flags.objective}, but {path} was trained with "
                               f"--objective {saved} (another vocabulary); allowed: {saved}")
     ds_config["raptr"] = raptr_config.model_dump(exclude_none=True)
     method = method_name(raptr_config)
-    ds_config, notes = prepare_ds_config(flags, ds_config, method=method, label=label)
+    ds_config, notes = prepare_ds_config(flags, ds_config, method=method, label=label,
+                                         run_id=run_id)
     if flags.load == "auto":
         notes += (f"--load auto: resuming from {path}" if path else
                   f"--load auto: no checkpoint under {flags.save} yet: a fresh start",)
     return RunPlan(flags=flags, raptr=raptr_config, ds_config=ds_config, num_layers=depth,
                    data_kind=kind, model_label=label, method=method,
-                   sampler_seed=sampler_seed, notes=notes, resume_from=path)
+                   sampler_seed=sampler_seed, notes=notes, resume_from=path, run_id=run_id)
 
 
 def check_outputs(flags: TrainFlags, raptr_config: RaptrConfig, ds_config: dict) -> None:

@@ -38,7 +38,8 @@ from megaraptr.runtime.distributed import init_distributed, shutdown_distributed
 from megaraptr.tools.preflight import validate
 from megaraptr.tools.run_control import RunControl
 from megaraptr.tools.train_args import TrainFlags, parse_args
-from megaraptr.tools.train_data import load_data
+from megaraptr.tools.train_data import data_summary, describe_data, load_data
+from megaraptr.tools.train_log import hide_known_warnings
 from megaraptr.tools.train_loop import History, TrainLoop
 from megaraptr.tools.train_report import print_header, report, summarize
 from megaraptr.tools.train_setup import build_setup
@@ -58,10 +59,11 @@ def run(flags: TrainFlags, control: Optional[RunControl] = None) -> dict:
             control.close()
     plan = validate(flags)  # every check that needs nothing built
     data = load_data(plan)
+    quiet = hide_known_warnings()
     init_distributed()
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     setup = build_setup(plan, data)  # the engine, on the ZeRO or the pipeline path
-    history = History(objective=flags.objective)
+    history = History(objective=flags.objective, run_id=plan.run_id)
     if plan.resume_from:
         history.restore(setup.load(plan.resume_from).get("train", {}))
     engine = setup.engine
@@ -71,12 +73,14 @@ def run(flags: TrainFlags, control: Optional[RunControl] = None) -> dict:
                                 dp_rank=engine.data_parallel_rank,
                                 dp_size=engine.data_parallel_size)
     loop = TrainLoop(plan, setup, batches, history, control)
+    data_facts = data_summary(data, batches, flags.train_steps)
     tb_dir = monitor.tensorboard_dir(plan.ds_config)
     if history.initial_eval_loss is None:
         history.initial_eval_loss = loop.evaluate(engine.applied_steps)
     if rank == 0:
         print_header(plan, setup, world=world, tokens_per_step=batches.tokens_per_step,
-                     tb_dir=tb_dir, notes=plan.notes + data.notes)
+                     tb_dir=tb_dir, notes=plan.notes + data.notes +
+                     (describe_data(data_facts, flags.train_steps), quiet))
     start = time.perf_counter()
     try:
         stopped = loop.train()
@@ -87,7 +91,7 @@ def run(flags: TrainFlags, control: Optional[RunControl] = None) -> dict:
     final = loop.evaluate(setup.engine.applied_steps) if finished else None
     summary = summarize(plan, setup, history, final=final, session_seconds=session_seconds,
                         world=world, tb_dir=tb_dir)
-    summary["stopped"] = stopped
+    summary.update(stopped=stopped, data=data_facts)
     report(plan, summary, rank=rank)
     if stopped:
         saved = f"checkpoint {loop.saved} saved in {flags.save}" if flags.save else \
