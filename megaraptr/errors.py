@@ -48,3 +48,16 @@ class EngineUsageError(MegaraptrError, AttributeError):
     """A DeepSpeed engine call that megaraptr's engine refuses because it would bypass the
     step's subnetwork (``engine.step()``, ``engine.backward(loss)``, ...): names the call to
     use instead. An ``AttributeError``, so ``hasattr(engine, "step")`` is False."""
+
+
+class CheckpointWriteError(MegaraptrError):
+    """A checkpoint could not be written completely (disk full, an I/O error, non-finite
+    weights): nothing of it is left behind, and the previous checkpoint and ``latest`` are as
+    they were. Exit code 74 (sysexits' EX_IOERR), distinct from bad input (2)."""
+
+    exit_code = 74
+
+    def __init__(self, message: str, *, collective: bool = False):
+        super().__init__(message)
+        self.collective = collective
+        """Raised with the same line on every rank (the command prints it on rank 0 only)."""

@@ -30,7 +30,8 @@ from megaraptr.core.mask import LayerMask, MaskDigest
 from megaraptr.core.sampler import SubnetworkSampler
 from megaraptr.core.schedule import Schedule, rewarm_multiplier
 from megaraptr.core.stage import Stage
-from megaraptr.runtime import compat, consistency, resume_state, surface
+from megaraptr.runtime import checkpoints, compat, consistency, resume_state, surface
+from megaraptr.runtime.checkpoints import engine_io
 from megaraptr.runtime.layer_copy import copy_layers, copy_optimizer_state, reset_optimizer_state
 from megaraptr.runtime.zero.groups import FrozenLayers, clear_stale_zero3_grads, has_layer_groups
 from megaraptr.runtime.zero.norm import install_layer_norm
@@ -96,6 +97,9 @@ class RaptrEngine:
         self.deepspeed_patches = dict(compat.PROCESS_PATCHES)
         """Each DeepSpeed patch megaraptr considered: "active" or "fallback: <reason>" (a
         source differs from DeepSpeed 0.19.8's: DeepSpeed's own path runs); runtime.compat."""
+        self.checkpoint_io = engine_io.install(ds_engine, self.deepspeed_patches)
+        """DeepSpeed's checkpoint reads go through the safe loader; writes of a save are
+        recorded here (:mod:`megaraptr.runtime.checkpoints`)."""
         self.trace = SubnetworkTrace(ds_engine, self.blocks) if self.zero_stage == 3 and \
             compat.guard(self.deepspeed_patches, "zero3_prefetch") else None
         self.private_clear = self.zero_stage == 3 and \
@@ -304,15 +308,25 @@ class RaptrEngine:
         return float(sums[0] / sums[1])
 
     def save_checkpoint(self, save_dir: str, tag: Optional[str] = None,
-                        client_state: Optional[dict] = None, **kwargs) -> bool:
-        """DeepSpeed's checkpoint with megaraptr's state under ``client_state["raptr"]``."""
-        state = dict(client_state or {}, raptr=resume_state.raptr_state(self))
-        return self.ds.save_checkpoint(save_dir, tag=tag, client_state=state, **kwargs)
+                        client_state: Optional[dict] = None, *, keep: int = 0,
+                        run: Optional[dict] = None, **kwargs) -> str:
+        """A complete checkpoint with megaraptr's state under ``client_state["raptr"]``, and
+        ``latest`` moved to it (:func:`megaraptr.runtime.checkpoints.save`: ``keep``
+        retention, ``run`` facts for the manifest); returns its folder."""
+        kwargs.pop("save_latest", None)  # latest moves once the checkpoint is complete
+        tag = tag if tag is not None else f"global_step{self.ds.global_steps}"
+        return checkpoints.save(self, save_dir, tag, client_state, run=run, keep=keep,
+                                **kwargs)
 
     def load_checkpoint(self, load_dir: str, tag: Optional[str] = None, *,
-                        override_schedule: bool = False, **kwargs):
+                        override_schedule: bool = False, verify: bool = True, **kwargs):
         """Load a checkpoint and megaraptr's state; refuse a different schedule unless
-        ``override_schedule``. Returns (path, client_state) like DeepSpeed."""
-        path, client_state = self.ds.load_checkpoint(load_dir, tag=tag, **kwargs)
+        ``override_schedule``. Without ``tag``: what ``latest`` names, verified on all ranks,
+        or the newest complete one (``verify=False``: trust the manifest). Returns (path,
+        client_state) like DeepSpeed."""
+        resume = checkpoints.resolve(load_dir, tag, verify="collective" if verify else "none")
+        for note in resume.notes if verify else ():
+            checkpoints.warn(note)
+        path, client_state = checkpoints.load(self, resume, **kwargs)
         resume_state.restore_raptr_state(self, path, client_state, override_schedule)
         return path, client_state
