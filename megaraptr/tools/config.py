@@ -136,6 +136,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             checked = check(opts.file, model=opts.model, size=opts.size,
                             train_steps=opts.train_steps, pipeline_stages=opts.pipeline_stages,
                             extra=extra)
+            for note in checked.notes:
+                print(f"{PROG}: warning: {note}", file=sys.stderr, flush=True)
             lines = [f"ok: {checked.path}: {run_summary(checked)}"]
         elif opts.command == "explain":
             lines = explain(opts, extra)

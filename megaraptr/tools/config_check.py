@@ -8,7 +8,7 @@ they resolved (:class:`Checked`); :func:`resolve_costs` picks the step costs of 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from megaraptr import methods
 from megaraptr.core.config import load_ds_config
@@ -32,6 +32,11 @@ class Checked:
     schedule: object
     steps_from: str
     """Where the run length came from ("--train-steps" or the scheduler's total_num_steps)."""
+    resume: Optional[object] = None
+    """The checkpoint --load would resume (every file's sha256 verified), or None."""
+    notes: Tuple[str, ...] = ()
+    """Warnings about it (a checkpoint that failed verification, an unverified one) and what
+    the run would change (an adjusted gradient accumulation)."""
 
 
 def config_steps(ds_config: dict) -> Optional[int]:
@@ -71,10 +76,13 @@ def check(path: str, *, model: str, size: Optional[str], train_steps: Optional[i
     argv = ["--deepspeed_config", str(path), "--model", model, "--size", size,
             "--train-steps", str(steps), "--pipeline-stages", str(pipeline_stages)]
     flags = parse_args(argv + list(extra or []))
-    plan = validate(flags)
+    plan = validate(flags, verify="checksums")  # one process: it hashes every file itself
     schedule = build_schedule(plan.raptr, num_layers=num_layers(size),
                               total_steps=flags.train_steps)
-    return Checked(str(path), flags, plan.raptr, plan.ds_config, schedule, steps_from)
+    notes = (plan.resume.notes if plan.resume else ()) + \
+        tuple(n for n in plan.notes if n.startswith("gradient_accumulation_steps"))
+    return Checked(str(path), flags, plan.raptr, plan.ds_config, schedule, steps_from,
+                   plan.resume, notes)
 
 
 def describe_method(raptr, schedule) -> str:
@@ -100,6 +108,10 @@ def run_summary(checked: Checked) -> str:
              f"ZeRO-{zero}, {precision}, {ds.get('train_micro_batch_size_per_gpu', '?')} "
              f"sequences x {ds.get('gradient_accumulation_steps', 1)} accumulation per GPU"
              + (f", pipeline of {args.pipeline_stages} stages" if args.pipeline_stages else "")]
+    if checked.resume is not None:
+        step = (checked.resume.manifest or {}).get("step")
+        parts.append(f"resumes {checked.resume.path}" + (f" at step {step}" if step else "")
+                     + (", verified" if checked.resume.manifest else ", unverified"))
     return "; ".join(parts)
 
 

@@ -66,9 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate the full model every N steps (always at start and end)")
     p.add_argument("--eval-sequences", type=_positive, default=64,
                    help="held-out sequences per evaluation")
-    p.add_argument("--save", metavar="DIR", default=None)
+    p.add_argument("--save", metavar="DIR", default=None,
+                   help="write checkpoints here (one run at a time: the run locks the folder)")
     p.add_argument("--save-interval", type=_non_negative, default=0)
-    p.add_argument("--load", metavar="DIR", default=None)
+    p.add_argument("--keep-checkpoints", type=_non_negative, default=3, metavar="K",
+                   help="keep the newest K complete checkpoints under --save (0: keep all; the "
+                        "one 'latest' names is never deleted)")
+    p.add_argument("--load", metavar="DIR", default=None,
+                   help="resume from DIR's 'latest' checkpoint, verified (else the newest "
+                        "complete one); 'auto': the newest complete checkpoint of --save, or a "
+                        "new run if there is none")
     p.add_argument("--override-raptr-schedule", action="store_true",
                    help="resume although the checkpoint was trained under another schedule")
     p.add_argument("--seed", type=_non_negative, default=1234)
@@ -111,7 +118,10 @@ class TrainFlags:
     eval_sequences: int
     save: Optional[str]
     save_interval: int
+    keep_checkpoints: int
+    """--keep-checkpoints: complete checkpoints kept under --save (0: all)."""
     load: Optional[str]
+    """--load DIR, or "auto" (the newest complete checkpoint of --save, if any)."""
     override_raptr_schedule: bool
     seed: int
     """--seed: model initialization, data order and dropout (the sampler's seed is the raptr
