@@ -127,11 +127,13 @@ def _batch(ds_config: dict, facts: dict, path: str, *, dp: int, pipeline: bool) 
                 f"batch of {s_total} sequences on {_processes(dp)} (saved by {saved_dp})"]
     if s_total % (micro * dp) == 0:
         fix = f"set gradient_accumulation_steps to {s_total // (micro * dp)}"
+    elif s_total % dp == 0:
+        fix = f"make train_micro_batch_size_per_gpu x gradient_accumulation_steps = " \
+              f"{s_total // dp}"
     else:
-        ok = [d for d in range(1, s_total + 1) if s_total % (micro * d) == 0]
-        fix = f"resume on {' or '.join(map(str, ok[:6])) or 'other numbers of'} data-parallel " \
-              f"processes, or set train_micro_batch_size_per_gpu to a divisor of " \
-              f"{s_total // dp if s_total % dp == 0 else s_total}"
+        ok = [d for d in range(1, s_total + 1) if s_total % d == 0]
+        fix = f"resume on {', '.join(map(str, ok[:8]))} data-parallel processes ({s_total} " \
+              f"sequences do not split over {dp})"
     raise CheckpointError(f"global batch {total} ({shape}): {path} was trained with {s_total} "
                           f"({s_micro} x {s_accum} x {saved_dp}); keep it: {fix}")
 
