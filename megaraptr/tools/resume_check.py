@@ -117,7 +117,7 @@ def _batch(ds_config: dict, facts: dict, path: str, *, dp: int, pipeline: bool) 
     if now is None or None in saved or now[2] == saved[2]:
         return []
     (micro, accum, total), (s_micro, s_accum, s_total) = now, saved
-    shape = f"{micro} x {accum} accumulation x {dp} processes"
+    shape = f"{micro} x {accum} accumulation x {_processes(dp)}"
     if micro == s_micro and accum == s_accum and s_total % (micro * dp) == 0:
         new = s_total // (micro * dp)
         ds_config["gradient_accumulation_steps"] = new

@@ -100,7 +100,8 @@ def test_zero0_one_to_two_processes_no_longer_doubles_the_batch_silently():
 def test_a_global_batch_that_cannot_be_kept_is_refused_with_the_fix():
     with pytest.raises(CheckpointError) as err:
         check(world=3)
-    assert str(err.value) == ("global batch 24 (8 x 1 accumulation x 3 processes): /ck/step4 was "
+    assert str(err.value) == ("global batch 24 (8 x 1 accumulation x 3 data-parallel processes): "
+                              "/ck/step4 was "
                               "trained with 16 (8 x 1 x 2); keep it: resume on 1, 2, 4, 8, 16 "
                               "data-parallel processes (16 sequences do not split over 3)")
     with pytest.raises(CheckpointError) as err:

@@ -167,12 +167,13 @@ class RunLock:
 
 
 def _take_over(path: str, holder: dict, text: str) -> bool:
-    """Replace a stale lock by ours, serialized with any other taker on this host (flock);
-    False if it changed meanwhile."""
+    """Replace a stale lock by ours, serialized with any other taker on this host (flock on
+    the folder); False if the lock changed meanwhile."""
     import fcntl
 
-    with open(path + ".takeover", "a") as guard:
-        fcntl.flock(guard, fcntl.LOCK_EX)
+    folder = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
         if _holder(path) != holder:
             return False
         tmp = f"{path}.{os.getpid()}"
@@ -181,7 +182,9 @@ def _take_over(path: str, holder: dict, text: str) -> bool:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    return True
+        return True
+    finally:
+        os.close(folder)  # releases the flock
 
 
 def check(save_dir: str) -> None:
