@@ -17,6 +17,7 @@ from megaraptr.errors import CheckpointError, DeepSpeedCompatError
 from megaraptr.runtime import checkpoints, compat
 from megaraptr.runtime.checkpoints import engine_io, lock, manifest, safe_load, store
 from megaraptr.runtime.compat import registry
+from megaraptr.runtime.compat.patch import TCE
 
 MARKER_CODE = "open({!r}, 'w').close()"
 
@@ -75,7 +76,7 @@ def test_a_truncated_file_cannot_be_read_in_one_line(tmp_path):
 
 
 def test_deepspeeds_loader_patch_stops_when_its_source_differs(monkeypatch):
-    target = registry.TCE + ".load"
+    target = TCE + ".load"
     monkeypatch.setitem(registry.SOURCES, target, "0" * 64)
     with pytest.raises(DeepSpeedCompatError, match="TorchCheckpointEngine.load differs from "
                        "DeepSpeed 0.19.8's .* checkpoint_io has no safe fallback"):
