@@ -166,13 +166,21 @@ def test_resolve_falls_back_to_the_newest_complete_checkpoint_saying_why(tmp_pat
 
 def test_retention_keeps_the_newest_and_the_one_latest_names(tmp_path):
     for step in (1, 2, 3, 4, 5):
-        fake_checkpoint(tmp_path, f"step{step}", step)
+        fake_checkpoint(tmp_path, f"step{step}", step, saved_at=float(step))
     (tmp_path / ".partial-step6").mkdir()  # an interrupted save
     (tmp_path / "notes").mkdir()  # not a checkpoint: never touched
     store.write_latest(str(tmp_path), "step1")
     assert checkpoints.prune(str(tmp_path), 2) == ["step3", "step2"]
     assert sorted(os.listdir(tmp_path)) == ["latest", "notes", "step1", "step4", "step5"]
     assert checkpoints.prune(str(tmp_path), 0) == []
+
+
+def test_retention_keeps_a_resumed_runs_own_checkpoints_over_the_future_it_abandoned(tmp_path):
+    for step, saved_at in ((2, 1.0), (4, 2.0), (6, 3.0), (3, 4.0)):  # resumed from step 2
+        fake_checkpoint(tmp_path, f"step{step}", step, saved_at=saved_at)
+    store.write_latest(str(tmp_path), "step3")
+    assert checkpoints.prune(str(tmp_path), 2) == ["step4", "step2"]
+    assert [m["tag"] for m in checkpoints.complete(str(tmp_path))] == ["step6", "step3"]
 
 
 # ------------------------------------------------------------------ the run lock

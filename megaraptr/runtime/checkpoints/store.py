@@ -266,7 +266,7 @@ def _publish(save_dir: str, tag: str) -> None:
 
 
 def prune(save_dir: str, keep: int) -> List[str]:
-    """Delete complete checkpoints beyond the newest ``keep`` (never the one ``latest``
+    """Delete complete checkpoints beyond the ``keep`` saved last (never the one ``latest``
     names) and leftovers of interrupted saves; returns the tags deleted (rank 0 only)."""
     for name in os.listdir(save_dir):
         if name.startswith((STAGING, REPLACED)):
@@ -277,7 +277,9 @@ def prune(save_dir: str, keep: int) -> List[str]:
         latest = read_latest(save_dir)
     except CheckpointError:
         return []  # a latest file megaraptr did not write: delete nothing
-    old = [m["tag"] for m in complete(save_dir)[keep:] if m["tag"] != latest]
+    by_save = sorted(complete(save_dir), key=lambda m: m.get("saved_at", 0.0), reverse=True)
+    old = [m["tag"] for m in by_save[keep:] if m["tag"] != latest]  # newest saves kept: a
+    # run resumed from an earlier step keeps its own, not those of the future it abandoned
     for tag in old:
         shutil.rmtree(os.path.join(save_dir, tag), ignore_errors=True)
     return old
