@@ -129,6 +129,7 @@ def validate(flags: TrainFlags, *, verify: str = "sizes") -> RunPlan:
         raise ConfigError("--exit-at-step",
                           f"{flags.exit_at_step} is outside 1..{flags.train_steps}")
     sampler_seed = raptr_config.sampler_seed(flags.seed)  # the one place it is resolved
+    resume_check.check_config(ds_config)
     resume = resume_check.find(flags, verify=verify) if flags.load else None
     resume_notes = []
     if resume is not None:

@@ -30,6 +30,22 @@ def run_facts(flags: TrainFlags) -> dict:
             "seq_len": flags.seq_len, "objective": flags.objective}
 
 
+def check_config(ds_config: dict) -> None:
+    """Refuse DeepSpeed checkpoint settings megaraptr cannot keep safe, before anything is built:
+    universal checkpoints and other checkpoint engines (docs/reliability.md)."""
+    block = ds_config.get("checkpoint") or {}
+    if block.get("load_universal"):
+        raise ConfigError("checkpoint.load_universal", "not supported: DeepSpeed 0.19.8's "
+                          "universal conversion fails on layers RAPTR has not trained yet and its "
+                          "loader unpickles unsafely; megaraptr resumes ZeRO-0/1/2 checkpoints on "
+                          "another number of processes itself: remove it and --load the "
+                          "checkpoint as saved")
+    if block.get("writer") is not None or (ds_config.get("datastates") or {}).get("enabled"):
+        raise ConfigError("checkpoint.writer" if block.get("writer") is not None else
+                          "datastates", "not supported: megaraptr reads and verifies checkpoints "
+                          "through DeepSpeed's default checkpoint engine; remove it")
+
+
 def find(flags: TrainFlags, *, verify: str = "sizes") -> Optional[checkpoints.Resume]:
     """The checkpoint ``--load`` resumes (None: ``--load auto`` and nothing to resume)."""
     if flags.load != "auto":

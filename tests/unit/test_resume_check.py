@@ -131,3 +131,14 @@ def test_batch_of_follows_deepspeeds_rules():
                                  2) == (8, 2, 32)
     assert resume_check.batch_of({"train_batch_size": 32}, 4) == (8, 1, 32)
     assert resume_check.batch_of({"train_micro_batch_size_per_gpu": "auto"}, 1) is None
+
+
+@pytest.mark.parametrize("ds, key", [({"checkpoint": {"load_universal": True}},
+                                      "checkpoint.load_universal"),
+                                     ({"checkpoint": {"writer": {"type": "fast"}}},
+                                      "checkpoint.writer"),
+                                     ({"datastates": {"enabled": True}}, "datastates")])
+def test_checkpoint_settings_megaraptr_cannot_keep_safe_are_refused(ds, key):
+    with pytest.raises(ConfigError, match=f"^{key}: not supported: "):
+        resume_check.check_config(ds)
+    resume_check.check_config({"checkpoint": {"tag_validation": "Warn"}})  # others pass

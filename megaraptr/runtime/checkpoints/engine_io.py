@@ -87,6 +87,10 @@ def install(ds_engine, patches: Optional[dict]) -> WriteLog:
                           "megaraptr reads and verifies checkpoints through DeepSpeed's default "
                           'TorchCheckpointEngine; remove "checkpoint": {"writer"} and '
                           '"datastates" from the config')
+    if ds_engine.load_universal_checkpoint():
+        raise ConfigError("checkpoint.load_universal", "not supported: its loader reads files "
+                          "with torch.load(weights_only=False) outside the checkpoint engine "
+                          "(docs/reliability.md)")
     log = WriteLog()
     engine.load = _load
     engine.save = log.guard(engine.save, path_arg=1)  # save(state_dict, path)
