@@ -21,7 +21,7 @@ from __future__ import annotations
 import glob
 import os
 import re
-from typing import Dict
+from typing import Dict, Tuple
 
 import torch
 
@@ -45,8 +45,9 @@ def partition_files(folder: str) -> list:
     return [found[r] for r in range(len(found))]
 
 
-def _group_states(base: object, groups: int) -> list:
-    """The torch optimizer state of each group (one flat partition per group)."""
+def _group_states(base: object, groups: int) -> Tuple[list, list]:
+    """(the torch optimizer state of each group (one flat partition per group), each group's
+    learning rate or None)."""
     if isinstance(base, dict) and "state" in base:  # torch's state_dict
         state = base["state"]
         return [state.get(g["params"][0], {}) for g in base["param_groups"]], \
