@@ -142,3 +142,26 @@ def test_checkpoint_settings_megaraptr_cannot_keep_safe_are_refused(ds, key):
     with pytest.raises(ConfigError, match=f"^{key}: not supported: "):
         resume_check.check_config(ds)
     resume_check.check_config({"checkpoint": {"tag_validation": "Warn"}})  # others pass
+
+
+def test_load_auto_resumes_the_newest_complete_checkpoint_of_save_or_starts_anew(tmp_path):
+    from megaraptr.runtime.checkpoints import manifest, store
+
+    def auto(*extra):
+        return resume_check.find(parse_args(["--deepspeed_config", "x.json", "--train-steps", "8",
+                                             "--load", "auto", *extra]), verify="checksums")
+
+    with pytest.raises(ConfigError, match="^--load: auto resumes the newest complete checkpoint "
+                                          "of --save DIR; give --save"):
+        auto()
+    assert auto("--save", str(tmp_path / "new")) is None  # nothing there yet: a new run
+    for step in (2, 4):
+        folder = tmp_path / f"step{step}"
+        folder.mkdir()
+        (folder / "m.pt").write_bytes(bytes([step]) * 100)
+        manifest.write(str(folder), {"tag": folder.name, "step": step, "saved_at": step,
+                                     "files": manifest.records(str(folder), ["m.pt"], fsync=False)})
+    store.write_latest(str(tmp_path), "step4")
+    (tmp_path / "step4" / "m.pt").write_bytes(b"\x00" * 100)  # same size, other bytes
+    found = auto("--save", str(tmp_path))
+    assert (found.tag, found.load_dir) == ("step2", str(tmp_path))
