@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# megaraptr quickstart: install, then pretrain a tiny BERT with RAPTR on the built-in sample.
+# megaraptr quickstart: install what is missing, then pretrain a tiny BERT with RAPTR on the
+# built-in sample.
 # Works on CPU (a few minutes) or one GPU. Creates .venv unless a virtualenv is active.
 #   STEPS=300 (optimizer steps)  OUT=runs/quickstart (checkpoints, summary, TensorBoard)
 #   TORCH_SPEC: what pip installs when torch is missing (default torch==2.13.0 without a GPU,
@@ -19,7 +20,11 @@ if ! python -c "import torch" 2>/dev/null; then
   if nvidia-smi -L >/dev/null 2>&1; then default_torch=torch; else default_torch=torch==2.13.0; fi
   python -m pip install -q "${TORCH_SPEC:-$default_torch}"
 fi
-python -m pip install -q -e .
+# It runs megaraptr from this checkout; pip installs it (with its requirements) only when a
+# requirement is missing (pip install -e . yourself for the megaraptr-* commands).
+if ! python -c "import deepspeed, numpy, pydantic, tensorboard, tokenizers, tqdm" 2>/dev/null; then
+  python -m pip install -q -e .
+fi
 if ! nvidia-smi -L >/dev/null 2>&1; then
   export DS_ACCELERATOR=cpu OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
 fi

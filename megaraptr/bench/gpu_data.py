@@ -2,7 +2,8 @@
 
 The GPU machine has no registry access and may lack the ``tokenizers`` package; prepared data
 (``index.json`` + token shards) reads without it. This command takes a deterministic slice of
-the shared corpus (documents whose id hashes below a fraction, so every source is represented)
+a corpus folder (``train.jsonl.gz`` and ``val.jsonl.gz``; documents whose id hashes below a
+fraction, so every source is represented)
 and prepares it twice into a git-ignored folder of the checkout:
 
 - ``bert-mlm/``: WordPiece, vocabulary 30522 (BERT-base), masked LM;
@@ -10,8 +11,8 @@ and prepares it twice into a git-ignored folder of the checkout:
 
 each with the corpus's val split: about 28 MB in all, under a minute on 2 cores.
 
-    python -m megaraptr.bench.gpu_data                     # -> .gpudata/ (git-ignored)
-    python -m megaraptr.bench.gpu_data --corpus ../shared/data/corpus --out .gpudata --mlm-mb 40
+    python -m megaraptr.bench.gpu_data --corpus my_corpus/    # -> .gpudata/ (git-ignored)
+    MEGARAPTR_CORPUS=my_corpus/ python -m megaraptr.bench.gpu_data --out .gpudata --mlm-mb 40
 """
 from __future__ import annotations
 
@@ -32,10 +33,10 @@ DEFAULT_OUT = ".gpudata"
 PARTS = {"bert-mlm": ("mlm", 30522), "gpt-causal": ("causal", 50304)}
 
 
-def default_corpus() -> Path:
-    """``$MEGARAPTR_CORPUS``, else ``../shared/data/corpus`` beside the checkout."""
+def default_corpus() -> Optional[Path]:
+    """``$MEGARAPTR_CORPUS``, if set: the corpus folder when ``--corpus`` is not given."""
     env = os.environ.get("MEGARAPTR_CORPUS")
-    return Path(env) if env else Path(__file__).resolve().parents[3] / "shared/data/corpus"
+    return Path(env) if env else None
 
 
 def write_slice(train: Path, out: Path, megabytes: float) -> dict:
@@ -88,6 +89,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--mlm-mb", type=float, default=40.0, help="MB of text for bert-mlm")
     p.add_argument("--causal-mb", type=float, default=8.0, help="MB of text for gpt-causal")
     args = p.parse_args(argv)
+    if args.corpus is None:
+        print("megaraptr-gpu-data: error: no corpus: give --corpus DIR (train.jsonl.gz and "
+              "val.jsonl.gz) or $MEGARAPTR_CORPUS", file=sys.stderr)
+        return 2
     for name in ("train.jsonl.gz", "val.jsonl.gz"):
         if not (args.corpus / name).is_file():
             print(f"megaraptr-gpu-data: error: {args.corpus / name}: no such file "

@@ -1,7 +1,7 @@
 """Quality benchmark: several training methods on the same model, data and LR schedule.
 
     python -m megaraptr.bench.quality --out runs/quality --model gpt --size narrow \
-        --data ../shared/data/corpus --vocab-size 2048 --horizons 1,5,20 \
+        --data my_corpus/ --vocab-size 2048 --horizons 1,5,20 \
         --methods full,full-matched,raptr,pld,layerdrop,stacking [--ablations] --parallel 2
 
 For every horizon h (tokens per non-embedding parameter) and every method it trains the same

@@ -28,6 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from megaraptr.errors import ConfigError
 
+BLOCK_KEY = "raptr"
+"""The ds_config's top-level key of megaraptr's block."""
 _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True, use_attribute_docstrings=True)
 _DEPTHS = re.compile(r"^\s*\d+(\.\d+)?(\s*-\s*\d+(\.\d+)?)*\s*$")
 
@@ -86,8 +88,8 @@ class LayerDropSpec(BaseModel):
     model_config = _STRICT
 
     drop_prob: Optional[float] = Field(default=None, ge=0.0, lt=1.0)
-    """Probability that a non-fixed layer is skipped on a step (default 0.2, the paper's; or the
-    value that meets "match_flops")."""
+    """Probability that each non-fixed layer is skipped on a step. Unset: 0.2 (the paper's
+    choice for training), or the value that meets "match_flops"."""
     match_flops: Optional[float] = Field(default=None, gt=0.0, le=1.0)
     """Pick drop_prob so that the run's expected layer FLOPs are this fraction of full training;
     exclusive with drop_prob."""
@@ -118,7 +120,7 @@ class PipelineSpec(BaseModel):
     model_config = _STRICT
 
     costs: Optional[CostSpec] = None
-    """The cost model; None: measured by a short profile before training starts."""
+    """The cost model; unset: measured by a short profile before training starts."""
     repartition: bool = True
     """Move layers between pipeline stages at stage transitions when the cost model predicts
     a faster step (through a checkpoint written and reloaded under the new partition)."""
@@ -154,32 +156,40 @@ class RaptrConfig(BaseModel):
     model_config = _STRICT
 
     enabled: bool = False
-    """False trains the full model every step through the same code path."""
+    """false trains the full model every step through the same code path (the baseline);
+    an absent block is disabled."""
     method: Literal["raptr", "full", "pld", "layerdrop", "stacking"] = "raptr"
-    """What trains on each step: RAPTR, or a comparison method through the same engine."""
-    schedule: Optional[List[StageSpec]] = None
-    """"6-8-10-12" (expected active depth per stage, equal stages) or a list of StageSpec."""
+    """What trains on each step: RAPTR, or a comparison method through the same engine
+    (megaraptr/methods/README.md)."""
+    schedule: Optional[List[StageSpec]] = Field(
+        default=None, json_schema_extra={"doc_type": "string or list of objects"})
+    """Required when enabled. "6-8-10-12": the expected active depth of each stage, stages of
+    equal length. Or a list of stages (the rows below); stages without a length share what is
+    left equally. Depths never shrink; the last stage is the full model and runs to the end."""
     full_model_warmup_steps: int = Field(default=0, ge=0)
     """Steps of full-model training before the first stage (the paper's UL2 recipe)."""
     stage_lr_rewarm_steps: int = Field(default=0, ge=0)
     """At the start of every stage after the first, the learning rate ramps linearly from 0
     back to the LR schedule's value over this many steps (0: one global schedule, the paper)."""
     sampling: Literal["bernoulli", "exact", "balanced"] = "bernoulli"
-    """bernoulli: each non-fixed layer kept with p (the paper); exact: exactly k layers;
-    balanced: every pipeline stage runs the same number of layers (+-1), each non-fixed
-    layer still kept with marginal probability p."""
+    """bernoulli: each non-fixed layer runs with probability p, independently (the paper);
+    exact: the fixed layers plus a uniform random subset, exactly k layers every step (whole
+    depths only); balanced (pipelines): every pipeline stage runs its expected number of
+    layers rounded the same way (+-1), each non-fixed layer still with probability p."""
     fixed_layers: Optional[List[int]] = None
-    """Layers that always run; negative indices count from the end. Default: [0, -1] for
-    raptr, none for pld and layerdrop."""
+    """Layers that always run; negative indices count from the end. Unset: [0, -1] for
+    raptr, none for the other methods."""
     scaling: Optional[Literal["none", "inverse_keep_prob", "inverse_sqrt_keep_prob"]] = None
     """Residual-branch scale of kept stochastic layers: 1, 1/p (inverted dropout) or 1/sqrt(p).
     The paper scales kept outputs without a formula we could establish: 1/p and 1/sqrt(p) are
-    the candidates. Default: "inverse_keep_prob" for pld (as in its paper), "none" otherwise."""
+    the candidates. Unset: "inverse_keep_prob" for pld (as in its paper), "none" otherwise."""
     skipped_layers: Literal["freeze", "momentum"] = "freeze"
-    """freeze: a skipped layer's weights and optimizer state do not change on that step;
-    momentum: the zero-gradient update plain DeepSpeed applies."""
+    """freeze: on a step that skips a layer, its weights (and fp32 master), Adam moments and
+    step count do not change and the optimizer does no work for it; momentum: what plain
+    DeepSpeed does (a zero gradient; momentum and weight decay still move the layer)."""
     seed: Optional[int] = Field(default=None, ge=0, le=2 ** 63 - 1)
-    """Seed of the subnetwork sampler; None takes the run's seed."""
+    """Seed of the subnetwork sampler, the same on every rank; unset: the run's seed
+    (``--seed`` of megaraptr-train, ``seed=`` of megaraptr.initialize)."""
     consistency_check_interval: int = Field(default=100, ge=0)
     """Every N applied steps, check with one collective that all ranks chose the same
     subnetwork (0 turns the check off). The first step is always checked."""
@@ -197,6 +207,25 @@ class RaptrConfig(BaseModel):
     importable, fused AdamW; "compiled": "fused" with each block's active computation
     compiled once (no recompiles across subsets); "auto": the fastest available path for the
     device and ZeRO stage."""
+    on_nonfinite: Literal["stop", "skip_step"] = "stop"
+    """What a diverged step does, whether or not "enabled": a step whose training loss is not
+    finite on some rank, or whose gradient norm is not (fp16's loss-scaler overflows excepted:
+    they stay DeepSpeed's, retried with a smaller scale). "stop": every rank stops after the
+    step with one line naming it (exit code 3); nothing is saved from then on, so the newest
+    checkpoint stays the last good one. "skip_step": the step's update is dropped (weights and
+    optimizer state as before it) while its batch, subnetwork and LR step are
+    consumed, and training goes on; more than max_consecutive_skips dropped steps in a row stop
+    as "stop" does. Not with pipelines."""
+    max_consecutive_skips: int = Field(default=10, ge=1)
+    """Under "skip_step": the most diverged steps in a row that are dropped before the run
+    stops (exit code 3)."""
+    loss_spike_factor: Optional[float] = Field(default=None, gt=1.0)
+    """Also treat a step as diverged when its loss (mean over ranks) is more than this many
+    times the running mean of the previous steps' losses (after loss_spike_window steps);
+    None (the default) turns the spike check off."""
+    loss_spike_window: int = Field(default=100, ge=1)
+    """Steps in the running mean of the spike check: their plain mean over the first steps,
+    then an exponential mean with weight 1/loss_spike_window per step."""
 
     @property
     def effective_fixed_layers(self) -> List[int]:
@@ -296,3 +325,37 @@ def load_ds_config(config: Union[str, os.PathLike, dict]) -> dict:
     if not isinstance(loaded, dict):
         raise ConfigError("deepspeed_config", f"{path} must hold a JSON object")
     return loaded
+
+
+def _edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance (insertions, deletions, substitutions)."""
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]
+
+
+def check_block_key(ds_config: dict) -> None:
+    """Refuse a top-level key that is a misspelt "raptr" (DeepSpeed ignores unknown keys, so
+    ``"raptor": {...}`` would silently train the full model).
+
+    Raises:
+        ConfigError: naming the key.
+    """
+    for key in ds_config:
+        if isinstance(key, str) and key != BLOCK_KEY and _edit_distance(key.lower(), BLOCK_KEY) <= 2:
+            raise ConfigError(key, 'unknown top-level key; did you mean "raptr"? DeepSpeed '
+                              "ignores unknown keys, so this block would be dropped silently")
+
+
+def scheduler_warmup_note(ds_config: dict, total_steps: int) -> Optional[str]:
+    """A warning when the ds_config's LR scheduler warms up for the whole run (or longer)."""
+    params = (ds_config.get("scheduler") or {}).get("params") or {}
+    warmup = params.get("warmup_num_steps")
+    if isinstance(warmup, int) and not isinstance(warmup, bool) and warmup >= total_steps:
+        return (f"warning: scheduler.params.warmup_num_steps {warmup} is not below the run's "
+                f"{total_steps} steps: the learning rate warms up for the whole run and never "
+                "reaches its peak or decays")
+    return None

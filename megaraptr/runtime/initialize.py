@@ -8,14 +8,17 @@ each layer its own optimizer parameter groups, and wraps DeepSpeed's engine in
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Optional
 
 import torch
 
 from megaraptr import methods
-from megaraptr.core.block import find_blocks
-from megaraptr.errors import ConfigError
+from megaraptr.core.block import check_block_contract, find_blocks
+from megaraptr.core.config import scheduler_warmup_note
+from megaraptr.errors import ConfigError, RunWarning
 from megaraptr.kernels import apply_kernels, fused_optimizer, resolve_kernels
+from megaraptr.runtime.distributed import init_distributed
 from megaraptr.runtime.engine import RaptrEngine
 from megaraptr.runtime.zero.groups import has_layer_groups, layer_param_groups
 
@@ -37,8 +40,12 @@ def initialize(args=None, model=None, optimizer=None, model_parameters=None,
             part; a pipeline run's plan reproduces its subnetworks without a pipeline).
         Other arguments go to ``deepspeed.initialize`` unchanged.
 
+    Without a process group (a plain ``python my_loop.py``, no launcher) it starts a
+    one-process group itself; under torchrun or the deepspeed launcher, DeepSpeed's.
+
     Raises:
-        ConfigError: a bad raptr block or schedule, before DeepSpeed builds anything.
+        ConfigError: a bad raptr block or schedule, a marked block whose forward is not
+            skippable, before DeepSpeed builds anything.
     """
     import deepspeed
 
@@ -47,8 +54,15 @@ def initialize(args=None, model=None, optimizer=None, model_parameters=None,
     if config is None:
         raise ConfigError("config", "a DeepSpeed config (dict or JSON path) is required")
     raptr_config, ds_config = methods.split_ds_config(config)
+    ds_config = unsynchronised_throughput_timer(ds_config)
     blocks = find_blocks(model)
+    check_block_contract(blocks)
     schedule = methods.build_schedule(raptr_config, num_layers=len(blocks), total_steps=total_steps)
+    if not torch.distributed.is_initialized():  # a plain `python my_loop.py`: one process
+        init_distributed()  # (DeepSpeed's own start-up would look for MPI and fail)
+    note = scheduler_warmup_note(ds_config, total_steps)
+    if note is not None:
+        warnings.warn(note, RunWarning, stacklevel=2)
     kernels, ds_config, optimizer = _install_kernels(raptr_config.kernels, model, blocks,
                                                      ds_config, optimizer)
     if isinstance(optimizer, torch.optim.Optimizer):
@@ -69,6 +83,17 @@ def initialize(args=None, model=None, optimizer=None, model_parameters=None,
                          seed=raptr_config.sampler_seed(seed), partitions=partitions,
                          kernels=kernels)
     return engine, ds_optimizer, dataloader, scheduler
+
+
+def unsynchronised_throughput_timer(ds_config: dict) -> dict:
+    """DeepSpeed's throughput timer synchronizes the device twice per step by default (when
+    forward starts and when step ends: two stalls of the GPU queue per step, whatever the
+    model). Unless the config has a "timers" block, megaraptr keeps the timer with
+    ``"synchronized": false``: its samples/s over ``steps_per_print`` steps are the same once
+    the queue is full, and the host runs ahead of the device as it would without the timer."""
+    if "timers" in ds_config:
+        return ds_config
+    return dict(ds_config, timers={"throughput": {"enabled": True, "synchronized": False}})
 
 
 def _install_kernels(mode: str, model, blocks, ds_config: dict, optimizer):

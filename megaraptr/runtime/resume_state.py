@@ -8,6 +8,9 @@ restores ``global_steps``). What the step cannot give is the run's history and i
   layer-FLOPs fraction;
 - ``seed`` and ``schedule`` (fingerprint and description): a resume under a different
   schedule, seed or run length is refused unless the caller overrides it explicitly.
+- ``guard``: the divergence guard's counts and running loss mean
+  (:class:`megaraptr.runtime.divergence.DivergenceGuard`), so a resumed run drops and stops
+  where the uninterrupted one would (absent in older checkpoints: a fresh guard).
 
 Checkpoints also carry it in their manifest, so that it is read without unpickling anything
 (:mod:`megaraptr.runtime.checkpoints`).
@@ -39,6 +42,7 @@ def raptr_state(engine) -> dict:
         "digest": engine.digest.hexdigest,
         "active_layer_steps": engine.active_layer_steps,
         "config": engine.config.model_dump(),
+        "guard": engine.guard.state(),
         "pipeline": None if not getattr(engine, "is_pipeline", False) else {
             "costs": dataclasses.asdict(engine.costs), "layer_parts": list(engine.layer_parts),
             "num_stages": engine.num_stages},
@@ -88,3 +92,4 @@ def restore_raptr_state(engine, path: Optional[str], client_state: Optional[dict
                               f"DeepSpeed restored step {engine.applied_steps}")
     engine.digest.hexdigest = state["digest"]
     engine.active_layer_steps = int(state["active_layer_steps"])
+    engine.guard.restore(state.get("guard"))

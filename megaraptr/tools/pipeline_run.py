@@ -32,8 +32,7 @@ from megaraptr.planning.balance import Costs, imbalance
 from megaraptr.planning.profiling import measure_costs
 from megaraptr.runtime.checkpoints import Resume
 from megaraptr.runtime.distributed import device as accelerator_device
-from megaraptr.runtime.pipe import engine as pipeline
-from megaraptr.runtime.pipe import repartition
+from megaraptr.runtime.pipe import engine as pipeline, repartition
 from megaraptr.tools.preflight import RunPlan
 from megaraptr.tools.resume_check import run_facts
 from megaraptr.tools.train_data import RunData

@@ -19,7 +19,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from megaraptr.core.config import RaptrConfig
+from megaraptr.core.config import RaptrConfig, scheduler_warmup_note
 from megaraptr.data.ul2 import paper_mixture
 from megaraptr.errors import ConfigError
 from megaraptr.kernels import resolve_kernels
@@ -29,6 +29,8 @@ from megaraptr.models.hf import data_kind, hf_config, is_hf, model_label
 from megaraptr.runtime.checkpoints import Resume
 from megaraptr.runtime.pipe.engine import check_pipeline
 from megaraptr.tools import resume_check
+from megaraptr.tools.output_checks import (MONITORS, check_job_name, check_summary_path,
+                                           safe_job_name)
 from megaraptr.tools.train_args import TrainFlags
 
 
@@ -53,8 +55,9 @@ class RunPlan:
     notes: Tuple[str, ...]
     """What the run changed in the config, printed once it starts."""
     resume: Optional[Resume] = None
-    """The checkpoint --load resumes, as preflight found it (its files' sizes checked); the
-    run verifies their checksums on all ranks before it builds the model."""
+    """The checkpoint --load resumes (--load DIR, or --load auto's pick), as preflight found it
+    (its files' sizes checked); None: a fresh start. The run verifies the checksums on all
+    ranks before it builds the model and keeps here the checkpoint it resumes."""
 
 
 def prepare_ds_config(flags: TrainFlags, ds_config: dict, *, method: str,
@@ -75,9 +78,15 @@ def prepare_ds_config(flags: TrainFlags, ds_config: dict, *, method: str,
         if before not in (None, "auto", flags.train_steps):
             notes.append(f"scheduler.params.total_num_steps {before} -> {flags.train_steps} "
                          "(--train-steps)")
+    warmup = scheduler_warmup_note(ds_config, flags.train_steps)
+    if warmup is not None:
+        notes.append(warmup)
+    for block in MONITORS:  # a folder under output_path: one plain name
+        if "job_name" in (ds_config.get(block) or {}):
+            check_job_name(block, ds_config[block]["job_name"])
     board = ds_config.get("tensorboard")
     if board is not None and "job_name" not in board:
-        board["job_name"] = f"{label}-{flags.size}-{method}-seed{flags.seed}"
+        board["job_name"] = safe_job_name(f"{label}-{flags.size}-{method}-seed{flags.seed}")
     return ds_config, tuple(notes)
 
 
@@ -128,6 +137,7 @@ def validate(flags: TrainFlags, *, verify: str = "sizes") -> RunPlan:
     if flags.exit_at_step is not None and not 1 <= flags.exit_at_step <= flags.train_steps:
         raise ConfigError("--exit-at-step",
                           f"{flags.exit_at_step} is outside 1..{flags.train_steps}")
+    check_outputs(flags, raptr_config, ds_config)
     sampler_seed = raptr_config.sampler_seed(flags.seed)  # the one place it is resolved
     resume_check.check_config(ds_config)
     resume = resume_check.find(flags, verify=verify) if flags.load else None
@@ -140,9 +150,26 @@ def validate(flags: TrainFlags, *, verify: str = "sizes") -> RunPlan:
     ds_config["raptr"] = raptr_config.model_dump(exclude_none=True)
     method = method_name(raptr_config)
     ds_config, notes = prepare_ds_config(flags, ds_config, method=method, label=label)
+    if flags.load == resume_check.AUTO:
+        notes += (f"--load auto: resuming from {resume.path}" if resume else
+                  f"--load auto: no checkpoint under {flags.save} yet: a fresh start",)
     return RunPlan(flags=flags, raptr=raptr_config, ds_config=ds_config, num_layers=depth,
                    data_kind=kind, model_label=label, method=method,
                    sampler_seed=sampler_seed, notes=tuple(resume_notes) + notes, resume=resume)
+
+
+def check_outputs(flags: TrainFlags, raptr_config: RaptrConfig, ds_config: dict) -> None:
+    """--summary's path, the save flags, and a divergence mode DeepSpeed can carry out."""
+    if flags.summary:
+        check_summary_path(flags.summary)
+    if flags.save_every_minutes and not flags.save:
+        raise ConfigError("--save-every-minutes", "needs --save DIR to write the checkpoints")
+    bf16 = ds_config.get("bf16") or ds_config.get("bfloat16") or {}
+    if raptr_config.on_nonfinite == "skip_step" and bf16.get("enabled") and \
+            bf16.get("check_grad_overflow") is False:
+        raise ConfigError("raptr.on_nonfinite", '"skip_step" needs DeepSpeed to skip steps '
+                          'whose gradient norm is not finite: remove "check_grad_overflow": '
+                          'false from the "bf16" block, or use "stop"')
 
 
 def check_objective(flags: TrainFlags) -> None:

@@ -1,13 +1,14 @@
 """What ``megaraptr-train --load`` checks about the checkpoint before anything is built.
 
-:func:`find` picks the checkpoint (``--load DIR``: what ``DIR/latest`` names, verified, else
-the newest complete one; ``--load auto``: the newest complete checkpoint under ``--save``, or
-a new run) and :func:`check` compares it with the run, from the checkpoint's manifest (plain
-JSON) and files read with the weights-only loader. Every mismatch is one line (exit 2) naming
-both values and the fix: model, size, vocabulary, sequence length, objective, ZeRO stage,
-precision, pipeline stages, schedule and seed, and the global batch. On another number of
-data-parallel processes the global batch is kept by adjusting the gradient accumulation (a
-note says so) when it divides; ZeRO-3 and pipelines resume on the saved number only.
+:func:`find` picks the checkpoint, the one place ``--load DIR`` and ``--load auto`` are
+resolved (what ``latest`` names, verified, else the newest complete one; ``auto``: in
+``--save``, or a new run when nothing was saved there yet), and :func:`check` compares it with
+the run, from the checkpoint's manifest (plain JSON) and files read with the weights-only
+loader. Every mismatch is one line (exit 2) naming both values and the fix: model, size,
+vocabulary, sequence length, objective, ZeRO stage, precision, pipeline stages, schedule and
+seed, and the global batch. On another number of data-parallel processes the global batch is
+kept by adjusting the gradient accumulation (a note says so) when it divides; ZeRO-3 and
+pipelines resume on the saved number only.
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from megaraptr.runtime.checkpoints import manifest, safe_load
 from megaraptr.runtime.resume_state import check_compatible
 from megaraptr.tools.train_args import TrainFlags
 
+AUTO = "auto"
+"""``--load auto``: --save's newest complete checkpoint, else a new run (:func:`find`)."""
 RUN_FLAGS = (("model", "--model"), ("size", "--size"), ("vocab_size", "--vocab-size"),
              ("seq_len", "--seq-len"))
 
@@ -47,13 +50,26 @@ def check_config(ds_config: dict) -> None:
 
 
 def find(flags: TrainFlags, *, verify: str = "sizes") -> Optional[checkpoints.Resume]:
-    """The checkpoint ``--load`` resumes (None: ``--load auto`` and nothing to resume)."""
-    if flags.load != "auto":
+    """The checkpoint ``--load`` resumes (None: a new run), its files verified (``verify``:
+    :func:`megaraptr.runtime.checkpoints.resolve`'s modes).
+
+    ``--load DIR``: what ``DIR/latest`` names, verified, else the newest complete one.
+    ``--load auto`` (one fixed command, safe to requeue): the same in ``--save``, or a new run
+    when ``--save`` holds no complete checkpoint and no ``latest`` (no folder yet, a job that
+    died before its first save completed). A ``latest`` naming a broken checkpoint with
+    nothing complete to fall back to is refused, never silently restarted.
+
+    Raises:
+        ConfigError: ``--load auto`` without ``--save``.
+        CheckpointError: nothing there can be resumed (one line naming why).
+    """
+    if flags.load != AUTO:
         return checkpoints.resolve(flags.load, verify=verify)
     if not flags.save:
         raise ConfigError("--load", "auto resumes the newest complete checkpoint of --save DIR; "
-                          "give --save")
-    if checkpoints.newest_complete(flags.save, verify=verify) is None:
+                          "give --save DIR (or --load DIR)")
+    if checkpoints.newest_complete(flags.save, verify=verify) is None and \
+            checkpoints.read_latest(flags.save) is None:
         return None  # a new run
     return checkpoints.resolve(flags.save, verify=verify)
 

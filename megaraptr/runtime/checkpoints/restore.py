@@ -9,11 +9,27 @@ global batch is kept is the caller's check (``megaraptr-train`` adjusts the accu
 """
 from __future__ import annotations
 
+from typing import Optional
+
 from megaraptr.errors import CheckpointError, MegaraptrError
-from megaraptr.runtime import compat
-from megaraptr.runtime.checkpoints import reshard
-from megaraptr.runtime.checkpoints.resolve import Resume
+from megaraptr.runtime import compat, resume_state
+from megaraptr.runtime.checkpoints import reshard, store
+from megaraptr.runtime.checkpoints.resolve import Resume, resolve
 from megaraptr.runtime.pipe import optim_state
+
+
+def load_engine(engine, load_dir: str, tag: Optional[str] = None, *,
+                override_schedule: bool = False, verify: bool = True, **kwargs):
+    """``RaptrEngine.load_checkpoint``: resolve the checkpoint (``tag``, or what ``latest``
+    names, verified on all ranks, else the newest complete one; ``verify=False``: trust the
+    manifest), load it and megaraptr's state (a different schedule refused unless
+    ``override_schedule``). Returns DeepSpeed's (path, client_state)."""
+    resume = resolve(load_dir, tag, verify="collective" if verify else "none")
+    for note in resume.notes if verify else ():
+        store.warn(note)
+    path, client_state = load(engine, resume, **kwargs)
+    resume_state.restore_raptr_state(engine, path, client_state, override_schedule)
+    return path, client_state
 
 
 def load(engine, resume: Resume, **kwargs):

@@ -3,8 +3,11 @@
 :func:`save` is the one way megaraptr writes a checkpoint (``RaptrEngine.save_checkpoint``,
 the ZeRO and pipeline setups of ``megaraptr-train``, pipeline re-partitioning). On every rank:
 
-1. one collective check first: the weights are finite on every rank, and rank 0 has made a
-   clean staging folder ``<save_dir>/.partial-<tag>``; else nothing is written;
+1. the weights are finite on every rank (one all-reduce,
+   :func:`megaraptr.runtime.divergence.weights_finite`), else
+   :class:`megaraptr.errors.DivergenceError` (exit 3) on every rank and nothing is written:
+   ``latest`` never names non-finite weights; then one gather: rank 0 has made a clean
+   staging folder ``<save_dir>/.partial-<tag>``;
 2. DeepSpeed writes its files (``save_latest=False``) into the staging folder; a write that
    fails on some rank (disk full, I/O error) is recorded there (:mod:`.engine_io`), so every
    rank finishes DeepSpeed's save and its barriers;
@@ -31,9 +34,10 @@ from typing import List, Optional
 
 import torch
 
-from megaraptr.errors import CheckpointError, CheckpointWriteError
+from megaraptr.errors import CheckpointError, CheckpointWriteError, DivergenceError
 from megaraptr.runtime import resume_state
 from megaraptr.runtime.checkpoints import manifest
+from megaraptr.runtime.divergence import weights_finite
 
 LATEST = "latest"
 STAGING = ".partial-"
@@ -126,16 +130,6 @@ def from_rank0(value):
     return box[0]
 
 
-def _finite(engine) -> bool:
-    """Whether this rank's share of the weights is finite (ZeRO-3: its partitions)."""
-    for param in engine.ds.module.parameters():
-        data = getattr(param, "ds_tensor", None)
-        data = param.data if data is None else data
-        if data.numel() and not bool(torch.isfinite(data).all()):
-            return False
-    return True
-
-
 def engine_facts(engine) -> dict:
     """What a resume must match or adapt to, as the engine runs now."""
     import deepspeed
@@ -157,12 +151,13 @@ def _deepspeed_write(engine, save_dir: str, tag: str, client_state: dict, **kwar
                               **kwargs)
 
 
-def save(engine, save_dir: str, tag: str, client_state: Optional[dict] = None, *,
-         write=None, run: Optional[dict] = None, keep: int = 0, **kwargs) -> str:
+def save(engine, save_dir: str, tag: Optional[str] = None, client_state: Optional[dict] = None,
+         *, write=None, run: Optional[dict] = None, keep: int = 0, **kwargs) -> str:
     """Write the complete checkpoint ``<save_dir>/<tag>`` and point ``latest`` at it.
 
     Args:
         engine: a :class:`megaraptr.runtime.engine.RaptrEngine` (every rank calls).
+        tag: the checkpoint's folder name (None: ``global_step<N>`` as DeepSpeed names it).
         write: ``write(engine, save_dir, staging_tag, client_state)`` writing the files
             (default: DeepSpeed's checkpoint with megaraptr's state; pipelines add theirs).
         run: facts of the run for the manifest (model, vocabulary, ...), checked on resume.
@@ -173,22 +168,27 @@ def save(engine, save_dir: str, tag: str, client_state: Optional[dict] = None, *
         The checkpoint's folder.
 
     Raises:
+        DivergenceError: on every rank, some weight is not finite: nothing is written.
         CheckpointWriteError: on every rank, one line; nothing of this save is left behind.
     """
-    check_tag(tag)
+    tag = check_tag(tag if tag is not None else f"global_step{engine.ds.global_steps}")
+    kwargs.pop("save_latest", None)  # latest moves once the checkpoint is complete
     rank, world = rank_world()
     log = engine.checkpoint_io
     staging = os.path.join(save_dir, STAGING + tag)
     kept = _kept(save_dir)
+    if not weights_finite(engine.ds.module, engine.ds.device):  # the same verdict on all ranks
+        raise DivergenceError(f"step {engine.applied_steps}: non-finite weights; checkpoint "
+                              f"{tag} not written")
 
-    problem = None if _finite(engine) else "weights hold NaN or inf"
+    problem = None
     if rank == 0:
         try:
             os.makedirs(save_dir, exist_ok=True)
             shutil.rmtree(staging, ignore_errors=True)  # an interrupted save's leftovers
             os.makedirs(staging)
         except OSError as err:
-            problem = problem or f"{staging}: {type(err).__name__}: {err.strerror or err}"
+            problem = f"{staging}: {type(err).__name__}: {err.strerror or err}"
     _raise_first(gather(problem), tag, kept, staging)
 
     log.start()
@@ -250,8 +250,7 @@ def _raise_first(problems: list, tag: str, kept: str, staging: str) -> None:
                 shutil.rmtree(staging, ignore_errors=True)
             where = f"rank {rank}: " if len(problems) > 1 and not problem.startswith("rank") \
                 else ""
-            raise CheckpointWriteError(f"checkpoint {tag} not saved ({where}{problem}); {kept}",
-                                       collective=True)
+            raise CheckpointWriteError(f"checkpoint {tag} not saved ({where}{problem}); {kept}")
 
 
 def _publish(save_dir: str, tag: str) -> None:

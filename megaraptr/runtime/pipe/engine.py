@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 import torch
 
 from megaraptr import methods
-from megaraptr.core.block import find_blocks
+from megaraptr.core.block import check_block_contract, find_blocks
 from megaraptr.core.config import PipelineSpec
 from megaraptr.core.partition import Partition
 from megaraptr.errors import ConfigError, EngineUsageError
@@ -31,7 +31,9 @@ from megaraptr.models import optimizer_groups as default_groups
 from megaraptr.models.pipe import copy_reference_weights, layer_specs, loss_fn, spec_bounds
 from megaraptr.planning.balance import Costs, imbalance, plan_partitions
 from megaraptr.runtime import compat
+from megaraptr.runtime.divergence import reduce_step
 from megaraptr.runtime.engine import RaptrEngine, StepResult
+from megaraptr.runtime.initialize import unsynchronised_throughput_timer
 from megaraptr.runtime.pipe.norm import install_pipeline_norm
 from megaraptr.runtime.zero.groups import layer_param_groups
 
@@ -71,6 +73,10 @@ def check_pipeline(num_stages: int, num_layers: int, ds_config: dict,
     if ds_config.get("fp16", {}).get("enabled"):
         raise ConfigError("fp16.enabled", "fp16 with --pipeline-stages is not supported; "
                           "allowed: bf16 or fp32")
+    if raptr_config is not None and raptr_config.on_nonfinite == "skip_step":
+        raise ConfigError("raptr.on_nonfinite", '"skip_step" is not supported with '
+                          '--pipeline-stages (the loss is known only after the update); '
+                          'allowed: "stop"')
     if num_stages < 1:
         raise ConfigError("--pipeline-stages", f"{num_stages}; allowed: 1 or more")
     if num_stages > num_layers:
@@ -147,15 +153,18 @@ class RaptrPipelineEngine(RaptrEngine):
         stage = self.schedule.stage_at(min(self.applied_steps + 1, self.schedule.total_steps))
         return imbalance(self.costs, self.layer_parts, stage)
 
-    def train_batch(self, data_iter) -> StepResult:
+    def train_batch(self, data_iter, votes=()) -> StepResult:
         """One optimizer step: ``gradient_accumulation_steps`` micro-batches from
-        ``data_iter`` ((inputs, labels) pairs) through the 1F1B pipeline schedule."""
+        ``data_iter`` ((inputs, labels) pairs) through the 1F1B pipeline schedule; then the
+        step's one all-reduce (``votes``: as for :meth:`RaptrEngine.train_step`)."""
         step, stage, mask = self.begin_step()
         restore = self._rewarm_lr(step, stage)
-        loss = self.ds.train_batch(data_iter=data_iter)
+        skipped_before = self.ds.skipped_steps
+        loss = float(self.ds.train_batch(data_iter=data_iter))  # the same on every stage
         if restore:
             restore()
-        return self._result(step, stage, mask, float(loss))
+        return self._finish(step, stage, mask, loss, reduce_step(loss, votes, self.ds.device),
+                            skipped_before)
 
     def __call__(self, *args, **kwargs):
         """Refused: a pipeline runs a batch on all its stages at once (DeepSpeed's own
@@ -168,22 +177,43 @@ class RaptrPipelineEngine(RaptrEngine):
     def mlm(self) -> bool:
         return self.ds.module.raptr_model == "bert"
 
-    def train_step(self, micro_batches):
+    def train_step(self, micro_batches, votes=()):
         """``train_batch`` over a list of micro-batch dicts (the ZeRO path's interface)."""
-        return self.train_batch(iter([pipe_pair(b, self.mlm) for b in micro_batches]))
+        return self.train_batch(iter([pipe_pair(b, self.mlm) for b in micro_batches]), votes)
 
     @torch.no_grad()
     def evaluate(self, batches) -> float:
         """Mean loss of the full model over ``batches`` (micro-batches of the eval set), the
-        same on every rank. Micro-batches weigh equally (GPT: equal token counts)."""
+        same on every rank. Full micro-batches weigh equally (GPT: equal token counts); a
+        last, shorter one (a held-out set that is not a whole number of micro-batches) is
+        padded with ignored rows, since every micro-batch crossing the pipeline has one shape,
+        and weighs by its real rows."""
         was_training = self.ds.module.training
-        total, size = 0.0, self.ds.micro_batches
-        for start in range(0, len(batches), size):
-            chunk = [pipe_pair(b, self.mlm) for b in batches[start:start + size]]
-            loss = self.ds.eval_batch(iter(chunk), num_micro_batches=len(chunk))
-            total += float(loss) * len(chunk)
+        micro, size = self.ds.train_micro_batch_size_per_gpu(), self.ds.micro_batches
+        full = [b for b in batches if len(b["labels"]) == micro]
+        short = [b for b in batches if len(b["labels"]) != micro]
+        total, weight = 0.0, 0.0
+        for start in range(0, len(full), size):
+            chunk = [pipe_pair(b, self.mlm) for b in full[start:start + size]]
+            total += float(self.ds.eval_batch(iter(chunk), num_micro_batches=len(chunk))) * \
+                len(chunk)
+            weight += len(chunk)
+        for batch in short:  # each alone: eval_batch weighs the micro-batches of a call equally
+            pair = pipe_pair(pad_rows(batch, micro), self.mlm)
+            total += float(self.ds.eval_batch(iter([pair]), num_micro_batches=1)) * \
+                len(batch["labels"]) / micro
+            weight += len(batch["labels"]) / micro
         self.ds.train(was_training)
-        return total / max(len(batches), 1)
+        return total / max(weight, 1e-12)
+
+
+def pad_rows(batch: dict, rows: int) -> dict:
+    """``batch`` with ``rows`` rows: copies of its first row, every label ignored (-100)."""
+    extra = rows - len(batch["labels"])
+    ids = torch.cat([batch["input_ids"], batch["input_ids"][:1].expand(extra, -1)])
+    labels = torch.cat([batch["labels"], torch.full_like(batch["labels"][:1], -100)
+                        .expand(extra, -1)])
+    return {"input_ids": ids, "labels": labels}
 
 
 def pipe_pair(batch: dict, mlm: bool):
@@ -222,6 +252,7 @@ def initialize(name: str, cfg, *, config, num_stages: int, total_steps: int, see
 
 
     raptr_config, ds_config = split_ds_config(config)
+    ds_config = unsynchronised_throughput_timer(ds_config)
     check_pipeline(num_stages, cfg.num_layers, ds_config, raptr_config)
     schedule = build_schedule(raptr_config, num_layers=cfg.num_layers, total_steps=total_steps)
     partitions = partitions or plan(raptr_config, schedule, costs, num_stages)
@@ -230,6 +261,7 @@ def initialize(name: str, cfg, *, config, num_stages: int, total_steps: int, see
     module = build_module(name, cfg, num_stages=num_stages, layer_parts=parts,
                           reference=reference)
 
+    check_block_contract(find_blocks(module, partial=True))
     groups = layer_param_groups(module, find_blocks(module, partial=True),
                                 (optimizer_groups or default_groups)(module))
     ds_engine, _, _, _ = deepspeed.initialize(model=module, model_parameters=groups,
