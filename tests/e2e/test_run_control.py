@@ -27,6 +27,8 @@ import pytest
 import torch
 from support import ROOT, cpu_env, free_port, run
 
+from megaraptr.runtime import checkpoints
+
 STEPS = 16
 STOPPED = re.compile(r"megaraptr-train: stopped after step (\d+) on (.+): checkpoint step\1 saved "
                      r"in (.+); the same command with --load auto continues \(exit code 75\)")
@@ -139,6 +141,9 @@ def test_sigterm_then_load_auto_equals_the_uninterrupted_run(tmp_path):
     assert int(step) >= at and reason == "SIGTERM" and folder == str(tmp / "ckpt")
     assert (tmp / "ckpt" / "latest").read_text() == f"step{step}"
     assert f"megaraptr: step {step}: SIGTERM: saving a checkpoint and stopping" in first.text
+    stop_save = checkpoints.resolve(str(tmp / "ckpt"), f"step{step}")  # sha256 of every file
+    assert stop_save.manifest["step"] == int(step)  # saved complete, like any other save
+    assert not (tmp / "ckpt" / ".megaraptr.lock").exists()  # released on the way out
     run([sys.executable] + command(config, tmp), env=env, timeout=300)  # the same command
     assert_same_run(summary(tmp), summary(straight))
     assert summary(tmp)["resumed_from"] == str(tmp / "ckpt" / f"step{step}")
