@@ -97,17 +97,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="held-out sequences per evaluation")
     p.add_argument("--save", metavar="DIR", default=None,
                    help="checkpoint folder: saved every --save-interval steps, every "
-                        "--save-every-minutes, at the end, and on SIGTERM/SIGUSR1")
+                        "--save-every-minutes, at the end, and on SIGTERM/SIGUSR1; complete or "
+                        "absent, one run at a time (the run locks the folder)")
     p.add_argument("--save-interval", type=_non_negative, default=DEFAULT_SAVE_INTERVAL,
                    metavar="N", help="save every N steps (0: only at the end and on a stop; "
                    f"default {DEFAULT_SAVE_INTERVAL})")
     p.add_argument("--save-every-minutes", type=_non_negative_float, default=0.0, metavar="M",
                    help="also save on the first step after M minutes since the last save "
                         "(0: off)")
+    p.add_argument("--keep-checkpoints", type=_non_negative, default=3, metavar="K",
+                   help="keep the newest K complete checkpoints under --save (0: keep all; the "
+                        "one 'latest' names is never deleted)")
     p.add_argument("--load", metavar="DIR", default=None,
-                   help="resume from DIR's latest checkpoint; 'auto': from --save's newest "
-                        "checkpoint when there is one, else start fresh (one command that is "
-                        "safe to requeue)")
+                   help="resume from DIR's 'latest' checkpoint, verified (else the newest "
+                        "complete one); 'auto': the same in --save, or a new run when nothing "
+                        "was saved there yet (one command that is safe to requeue)")
     p.add_argument("--override-raptr-schedule", action="store_true",
                    help="resume although the checkpoint was trained under another schedule")
     p.add_argument("--seed", type=_non_negative, default=1234,
@@ -155,8 +159,10 @@ class TrainFlags:
     save: Optional[str]
     save_interval: int
     save_every_minutes: float
+    keep_checkpoints: int
+    """--keep-checkpoints: complete checkpoints kept under --save (0: all)."""
     load: Optional[str]
-    """--load: a checkpoint folder, or "auto" (:mod:`megaraptr.tools.resume_point`)."""
+    """--load DIR, or "auto" (:func:`megaraptr.tools.resume_check.find`)."""
     override_raptr_schedule: bool
     seed: int
     """--seed: model initialization, data order and dropout (the sampler's seed is the raptr

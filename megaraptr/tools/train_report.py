@@ -55,7 +55,8 @@ def summarize(plan: RunPlan, setup: TrainSetup, history: History, *, final: Opti
         "run_id": plan.run_id,
         "world_size": world, "pipeline": setup.summary(),
         "schedule": engine.schedule.describe(), "tensorboard_dir": tb_dir,
-        "resumed_from": plan.resume_from, "dropped_steps": engine.guard.dropped,
+        "resumed_from": plan.resume.path if plan.resume else None,
+        "dropped_steps": engine.guard.dropped,
     }
 
 
