@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from megaraptr.bench.sweep import CHECK_SECONDS, plan_drops
+from megaraptr.bench.sweep import CHECK_SECONDS, PROGRESS, plan_drops
 
 TOKENS_PER_PARAM = 20
 HOLDOUT = "moby"
@@ -108,7 +108,7 @@ def watch(work: Path, methods: List[str], deadline: float, procs: dict) -> List[
         remaining = []
         for key in order:
             log = running[key][1] / "log.txt"
-            found = re.findall(r"(\d+)/(\d+) \[", log.read_text(errors="replace")[-4000:]
+            found = PROGRESS.findall(log.read_text(errors="replace")[-4000:]
                                if log.is_file() else "")
             done, total = (int(found[-1][0]), int(found[-1][1])) if found else (0, 0)
             history = samples.setdefault(key, [])

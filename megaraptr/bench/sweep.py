@@ -23,7 +23,11 @@ from typing import List, Optional, Tuple
 from megaraptr.bench.methods import Run
 
 PROG = "megaraptr-bench-quality"
-CHECK_SECONDS = 45.0  # train.py's log shows progress every 30 s when not on a terminal
+CHECK_SECONDS = 45.0  # how often the deadline check reads every training's progress
+PROGRESS = re.compile(r"(\d+)/(\d+)(?: \[|: loss )")
+"""A training's progress in its log: tqdm's ``a/b [`` on a terminal, ``step a/b: loss`` in a
+file (one plain line every ``--log-interval`` steps, :func:`run_command`)."""
+LOG_LINES = 100  # plain progress lines per training (--log-interval = steps / LOG_LINES)
 
 
 def run_command(run: Run, data: str, args) -> List[str]:
@@ -32,7 +36,8 @@ def run_command(run: Run, data: str, args) -> List[str]:
            "--seq-len", str(args.seq_len), "--train-steps", str(run.steps),
            "--eval-interval", str(run.eval_interval), "--eval-sequences", str(args.eval_sequences),
            "--seed", str(args.seed), "--summary", run.summary_path,
-           "--save", run.checkpoint_dir, "--save-interval", str(run.save_interval)]
+           "--save", run.checkpoint_dir, "--save-interval", str(run.save_interval),
+           "--log-interval", str(max(1, run.steps // LOG_LINES))]
     for name, path in args.extras.items():
         cmd += ["--extra-eval", f"{name}={path}"]
     if os.path.isfile(os.path.join(run.checkpoint_dir, "latest")):
@@ -51,14 +56,14 @@ class Running:
 
 
 def steps_done(run: Run) -> Optional[Tuple[int, int]]:
-    """(done, total) from the tail of the run's log (tqdm's ``a/b [``), None before step 1."""
+    """(done, total) from the tail of the run's log (:data:`PROGRESS`), None before step 1."""
     try:
         with open(run.log_path, "rb") as f:
             f.seek(max(0, os.path.getsize(run.log_path) - 4000))
             tail = f.read().decode(errors="replace")
     except OSError:
         return None
-    found = re.findall(r"(\d+)/(\d+) \[", tail)
+    found = PROGRESS.findall(tail)
     return (int(found[-1][0]), int(found[-1][1])) if found else None
 
 

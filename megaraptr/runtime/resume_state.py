@@ -11,12 +11,13 @@ restores ``global_steps``). What the step cannot give is the run's history and i
 - ``guard``: the divergence guard's counts and running loss mean
   (:class:`megaraptr.runtime.divergence.DivergenceGuard`), so a resumed run drops and stops
   where the uninterrupted one would (absent in older checkpoints: a fresh guard).
+
+Checkpoints also carry it in their manifest, so that it is read without unpickling anything
+(:mod:`megaraptr.runtime.checkpoints`).
 """
 from __future__ import annotations
 
 import dataclasses
-import glob
-import os
 from typing import Optional
 
 from megaraptr.errors import CheckpointError
@@ -46,44 +47,6 @@ def raptr_state(engine) -> dict:
             "costs": dataclasses.asdict(engine.costs), "layer_parts": list(engine.layer_parts),
             "num_stages": engine.num_stages},
     }
-
-
-def find_checkpoint(load_dir: str, tag: Optional[str] = None) -> str:
-    """The checkpoint folder that ``load_checkpoint(load_dir, tag)`` would read.
-
-    Raises:
-        CheckpointError: no such folder, or no 'latest' file and no tag.
-    """
-    if not os.path.isdir(load_dir):
-        raise CheckpointError(f"--load {load_dir}: no such directory")
-    if tag is None:
-        latest = os.path.join(load_dir, "latest")
-        if not os.path.isfile(latest):
-            raise CheckpointError(f"--load {load_dir}: no DeepSpeed checkpoint there (no 'latest' "
-                                  "file)")
-        with open(latest) as f:
-            tag = f.read().strip()
-    path = os.path.join(load_dir, tag)
-    if not os.path.isdir(path):
-        raise CheckpointError(f"--load {load_dir}: checkpoint tag '{tag}' has no folder {path}")
-    return path
-
-
-def read_raptr_state(checkpoint_path: str, key: str = "raptr") -> Optional[dict]:
-    """megaraptr's state from a checkpoint folder, read lazily (mmap) before any engine exists
-    (``key``: another entry of the client state, e.g. the training loop's "train")."""
-    import torch
-
-    files = sorted(glob.glob(os.path.join(checkpoint_path, "mp_rank_*model_states.pt"))) or \
-        sorted(glob.glob(os.path.join(checkpoint_path, "*model_states.pt")))  # not layer_XX-
-    if not files:
-        raise CheckpointError(f"{checkpoint_path}: no DeepSpeed model states file in it")
-    try:
-        states = torch.load(files[0], map_location="cpu", weights_only=False, mmap=True)
-    except Exception as err:  # a truncated or foreign file: say which, in one line
-        raise CheckpointError(f"{files[0]}: cannot be read ({type(err).__name__}: {err})") \
-            from None
-    return states.get(key)
 
 
 def check_compatible(state: Optional[dict], schedule, seed: int, where: str,

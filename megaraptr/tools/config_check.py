@@ -8,7 +8,7 @@ they resolved (:class:`Checked`); :func:`resolve_costs` picks the step costs of 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from megaraptr import methods
 from megaraptr.core.config import load_ds_config, scheduler_warmup_note
@@ -35,8 +35,12 @@ class Checked:
     """Where the run length came from ("--train-steps" or the scheduler's total_num_steps)."""
     label: str = ""
     """The model, as printed: ``bert-base`` or ``your model``."""
-    notes: tuple = ()
-    """Warnings the checks raised (e.g. an LR warmup as long as the run)."""
+    notes: Tuple[str, ...] = ()
+    """Warnings the checks raised (e.g. an LR warmup as long as the run, a checkpoint that
+    failed verification or is unverified) and what the run would change (an adjusted gradient
+    accumulation)."""
+    resume: Optional[object] = None
+    """The checkpoint --load would resume (every file's sha256 verified), or None."""
 
 
 def config_steps(ds_config: dict) -> Optional[int]:
@@ -84,11 +88,12 @@ def check(path: str, *, model: str, size: Optional[str], train_steps: Optional[i
     argv = ["--deepspeed_config", str(path), "--model", model, "--size", size,
             "--train-steps", str(steps), "--pipeline-stages", str(pipeline_stages)]
     flags = parse_args(argv + list(extra or []))
-    plan = validate(flags)
+    plan = validate(flags, verify="checksums")  # one process: it hashes every file itself
     schedule = build_schedule(plan.raptr, num_layers=plan.num_layers,
                               total_steps=flags.train_steps)
+    notes = (plan.resume.notes if plan.resume else ()) + plan.notes
     return Checked(str(path), flags, plan.raptr, plan.ds_config, schedule, steps_from,
-                   f"{flags.model}-{flags.size}", plan.notes)
+                   f"{flags.model}-{flags.size}", notes, resume=plan.resume)
 
 
 def check_own(path: str, *, layers: int, train_steps: Optional[int]) -> Checked:
@@ -128,6 +133,10 @@ def run_summary(checked: Checked) -> str:
              f"ZeRO-{zero}, {precision}, {ds.get('train_micro_batch_size_per_gpu', '?')} "
              f"sequences x {ds.get('gradient_accumulation_steps', 1)} accumulation per GPU"
              + (f", pipeline of {pipeline} stages" if pipeline else "")]
+    if checked.resume is not None:
+        step = (checked.resume.manifest or {}).get("step")
+        parts.append(f"resumes {checked.resume.path}" + (f" at step {step}" if step else "")
+                     + (", verified" if checked.resume.manifest else ", unverified"))
     return "; ".join(parts)
 
 

@@ -62,3 +62,16 @@ def test_running_trainings_are_stopped_lowest_priority_first(tmp_path):
     finally:
         first.proc.kill()
         second.proc.kill()
+
+
+def test_progress_read_from_plain_log_lines_too(tmp_path):
+    item = running(tmp_path, "raptr")
+    try:
+        with open(item.run.log_path, "w") as f:  # what megaraptr-train prints into a file
+            f.write("megaraptr: step 0: eval loss 7.6325\n"
+                    "megaraptr: step 10/1000: loss 6.9000, lr 0.002, 8 layers, 5,000 tokens/s, "
+                    "ETA 0:01:30\nmegaraptr: step 20/1000: loss 6.5000, lr 0.002, 6 layers, "
+                    "5,100 tokens/s, ETA 0:01:29\n")
+        assert steps_done(item.run) == (20, 1000)
+    finally:
+        item.proc.kill()
