@@ -85,8 +85,11 @@ class RaptrEngine:
     """
 
     def __init__(self, ds_engine, *, config: RaptrConfig, schedule: Schedule, seed: int,
-                 partitions=None, kernels: Optional[dict] = None):
+                 partitions=None, kernels: Optional[dict] = None, tensor_parallel=None):
         self.ds = ds_engine
+        self.tp = tensor_parallel
+        """The run's :class:`megaraptr.runtime.tp.ParallelGroups` under tensor parallelism
+        (T > 1), else None."""
         self.kernels = dict(kernels or NOT_INSTALLED)  # per engine, never shared
         self.config = config
         self.schedule = schedule
@@ -127,8 +130,14 @@ class RaptrEngine:
 
     is_pipeline = False
     """True in :class:`megaraptr.runtime.pipe.engine.RaptrPipelineEngine` (the blocks of one stage)."""
-    check_group = property(lambda self: self.ds.data_parallel_group)
-    """The ranks that must agree on the subnetwork (pipelines: all of them)."""
+    check_group = property(lambda self: self.ds.data_parallel_group if self.tp is None else None)
+    """The ranks that must agree on the subnetwork: the data-parallel group; every rank
+    under tensor parallelism (its T shards too) and in pipelines."""
+
+    @property
+    def tensor_parallel_size(self) -> int:
+        """T: the ranks each layer is split over (1 without tensor parallelism)."""
+        return 1 if self.tp is None else self.tp.tensor_size
 
     @property
     def seed(self) -> int:
@@ -313,6 +322,7 @@ class RaptrEngine:
                         override_schedule: bool = False, **kwargs):
         """Load a checkpoint and megaraptr's state; refuse a different schedule unless
         ``override_schedule``. Returns (path, client_state) like DeepSpeed."""
+        resume_state.check_before_load(self, load_dir, tag)  # e.g. another T: refused here
         path, client_state = self.ds.load_checkpoint(load_dir, tag=tag, **kwargs)
         resume_state.restore_raptr_state(self, path, client_state, override_schedule)
         return path, client_state

@@ -4,6 +4,12 @@ It validates the config's "raptr" block and schedule against the model's blocks 
 DeepSpeed builds anything, installs the chosen kernels (:mod:`megaraptr.kernels`), gives
 each layer its own optimizer parameter groups, and wraps DeepSpeed's engine in
 :class:`megaraptr.runtime.engine.RaptrEngine`.
+
+With ``"tensor_parallel": {"autotp_size": T}`` (T > 1) in the config, megaraptr makes the
+T x D process groups (:class:`megaraptr.runtime.tp.ParallelGroups`), splits every block over
+its tensor-parallel group (:func:`megaraptr.runtime.tp.apply_tensor_parallel`) and hands
+DeepSpeed the groups as its ``mpu``, and the config without that block (DeepSpeed's AutoTP
+would split the model a second time).
 """
 from __future__ import annotations
 
@@ -16,7 +22,9 @@ from megaraptr import methods
 from megaraptr.core.block import find_blocks
 from megaraptr.errors import ConfigError
 from megaraptr.kernels import apply_kernels, fused_optimizer, resolve_kernels
+from megaraptr.planning.layout import check_layout, check_tensor_parallel, tensor_parallel_size
 from megaraptr.runtime.engine import RaptrEngine
+from megaraptr.runtime.tp import ParallelGroups, apply_tensor_parallel
 from megaraptr.runtime.zero.groups import has_layer_groups, layer_param_groups
 
 
@@ -49,8 +57,9 @@ def initialize(args=None, model=None, optimizer=None, model_parameters=None,
     raptr_config, ds_config = methods.split_ds_config(config)
     blocks = find_blocks(model)
     schedule = methods.build_schedule(raptr_config, num_layers=len(blocks), total_steps=total_steps)
+    tensor, ds_config = _tensor_parallel(model, blocks, ds_config, ds_kwargs)
     kernels, ds_config, optimizer = _install_kernels(raptr_config.kernels, model, blocks,
-                                                     ds_config, optimizer)
+                                                     ds_config, optimizer, tensor)
     if isinstance(optimizer, torch.optim.Optimizer):
         if raptr_config.trains_subnetworks and raptr_config.skipped_layers == "freeze" and \
                 not has_layer_groups(optimizer):
@@ -67,17 +76,38 @@ def initialize(args=None, model=None, optimizer=None, model_parameters=None,
         training_data=training_data, lr_scheduler=lr_scheduler, config=ds_config, **ds_kwargs)
     engine = RaptrEngine(ds_engine, config=raptr_config, schedule=schedule,
                          seed=raptr_config.sampler_seed(seed), partitions=partitions,
-                         kernels=kernels)
+                         kernels=kernels, tensor_parallel=ds_kwargs.get("mpu") if tensor else None)
     return engine, ds_optimizer, dataloader, scheduler
 
 
-def _install_kernels(mode: str, model, blocks, ds_config: dict, optimizer):
+def _tensor_parallel(model, blocks, ds_config: dict, ds_kwargs: dict):
+    """Split ``model`` over its tensor-parallel group when the config asks for T > 1; returns
+    (whether it did, the config DeepSpeed gets). Sets ``ds_kwargs["mpu"]``."""
+    import torch.distributed as dist
+
+    tensor = tensor_parallel_size(ds_config)
+    if tensor == 1:
+        return False, ds_config
+    check_tensor_parallel(ds_config, tensor=tensor)
+    if ds_kwargs.get("mpu") is not None:
+        raise ConfigError("tensor_parallel.autotp_size", "megaraptr makes the tensor-parallel "
+                          "groups itself: pass no mpu")
+    groups = ParallelGroups(check_layout(world=dist.get_world_size(), tensor=tensor))
+    apply_tensor_parallel(model, rank=groups.tensor_index, size=tensor,
+                          group=groups.tensor_group, blocks=blocks)
+    ds_kwargs["mpu"] = groups
+    return True, {k: v for k, v in ds_config.items() if k != "tensor_parallel"}
+
+
+def _install_kernels(mode: str, model, blocks, ds_config: dict, optimizer, tensor: bool = False):
     """Resolve the "kernels" setting for this device and ZeRO stage and install it on the
     model and the optimizer; returns (report, ds_config, optimizer) (megaraptr.kernels)."""
     from deepspeed.accelerator import get_accelerator
 
     stage = int((ds_config.get("zero_optimization") or {}).get("stage", 0))
-    plan = resolve_kernels(mode, device=get_accelerator().device_name(), zero_stage=stage)
+    size = blocks[0].tp_size if tensor and blocks else 1
+    plan = resolve_kernels(mode, device=get_accelerator().device_name(), zero_stage=stage,
+                           tensor_parallel=size)
     installed = apply_kernels(model, blocks, plan)
     ds_config, optimizer, choice = fused_optimizer(ds_config, plan, optimizer)
     return dict(plan.to_dict(), optimizer=choice, **installed), ds_config, optimizer

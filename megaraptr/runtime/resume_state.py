@@ -7,7 +7,9 @@ restores ``global_steps``). What the step cannot give is the run's history and i
   trained and the layers that ran, so a resumed run reports the whole run's digest and
   layer-FLOPs fraction;
 - ``seed`` and ``schedule`` (fingerprint and description): a resume under a different
-  schedule, seed or run length is refused unless the caller overrides it explicitly.
+  schedule, seed or run length is refused unless the caller overrides it explicitly;
+- ``tensor_parallel`` (only when T > 1, so other checkpoints are unchanged): each rank's files
+  hold its shards, so a resume under another T is refused.
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ def describe(schedule, seed: int) -> str:
 
 def raptr_state(engine) -> dict:
     """The dict saved under ``client_state["raptr"]``."""
-    return {
+    state = {
         "version": VERSION,
         "applied_steps": engine.applied_steps,
         "seed": engine.seed,
@@ -42,6 +44,23 @@ def raptr_state(engine) -> dict:
             "costs": dataclasses.asdict(engine.costs), "layer_parts": list(engine.layer_parts),
             "num_stages": engine.num_stages},
     }
+    tensor = getattr(engine, "tensor_parallel_size", 1)
+    if tensor > 1:
+        state["tensor_parallel"] = tensor
+    return state
+
+
+def check_tensor_parallel(state: Optional[dict], tensor: int, where: str) -> None:
+    """Refuse a checkpoint written under another tensor-parallel size.
+
+    Raises:
+        CheckpointError: naming both sizes.
+    """
+    saved = (state or {}).get("tensor_parallel", 1)
+    if saved != tensor:
+        raise CheckpointError(f"{where} was written with tensor_parallel.autotp_size {saved}; "
+                              f"this run has {tensor}: each rank's files hold its shards, so "
+                              f"resume with autotp_size {saved}")
 
 
 def find_checkpoint(load_dir: str, tag: Optional[str] = None) -> str:
@@ -106,6 +125,18 @@ def check_compatible(state: Optional[dict], schedule, seed: int, where: str,
             "steps, or pass --override-raptr-schedule")
 
 
+def check_before_load(engine, load_dir: str, tag: Optional[str]) -> None:
+    """What can be refused before DeepSpeed reads a checkpoint (another tensor-parallel size,
+    whose shards would not fit); nothing when there is no checkpoint to read (DeepSpeed finds
+    none either, and :func:`restore_raptr_state` says so)."""
+    try:
+        found = find_checkpoint(load_dir, tag)
+    except CheckpointError:
+        return
+    check_tensor_parallel(read_raptr_state(found), getattr(engine, "tensor_parallel_size", 1),
+                          found)
+
+
 def restore_raptr_state(engine, path: Optional[str], client_state: Optional[dict],
                         override_schedule: bool) -> None:
     """Check the checkpoint's schedule against the engine's and restore the run's history.
@@ -118,6 +149,7 @@ def restore_raptr_state(engine, path: Optional[str], client_state: Optional[dict
         raise CheckpointError("no checkpoint was loaded (DeepSpeed found none)")
     state = (client_state or {}).get("raptr")
     check_compatible(state, engine.schedule, engine.seed, path, override_schedule)
+    check_tensor_parallel(state, getattr(engine, "tensor_parallel_size", 1), path)
     if state is None:
         return
     if state["applied_steps"] != engine.applied_steps:
