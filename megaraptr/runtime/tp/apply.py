@@ -129,8 +129,9 @@ def apply_tensor_parallel(model: nn.Module, *, rank: int, size: int, group,
         plan = plan_of(block)
         heads = plan.heads(block.get_submodule(plan.attention.module))
         if any(h % size for h in heads):
-            raise ConfigError(KEY, f"{size}: layer {block.layer_id} has {' and '.join(map(str, heads))} "
-                              f"(key-value) attention heads, not divisible by {size}")
+            counts = " and ".join(map(str, heads))
+            raise ConfigError(KEY, f"{size}: layer {block.layer_id} has {counts} (key-value) "
+                              f"attention heads, not divisible by {size}")
         try:
             _apply_region(block, plan.attention, rank=rank, size=size, group=group)
             _apply_region(block, plan.mlp, rank=rank, size=size, group=group)
