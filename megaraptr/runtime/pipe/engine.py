@@ -14,6 +14,13 @@ entries of the one full-model mask that every rank computes from (seed, step): t
 
 The costs the partitions are planned from come from the config or from the short profile in
 :mod:`megaraptr.planning.profiling`.
+
+3D: with ``"tensor_parallel": {"autotp_size": T}`` the module is built on DeepSpeed's
+``PipeModelDataParallelTopology`` (P stages x D replicas x T shards, tensor parallelism
+innermost) and each stage's blocks are split over their tensor-parallel group
+(:mod:`megaraptr.runtime.tp`), whose ranks are the grid's ``"model"`` axis. Every tensor-parallel
+rank sends and receives the whole activation (DeepSpeed's ``pipe_partitioned`` and
+``grad_partitioned`` are off).
 """
 from __future__ import annotations
 
@@ -30,9 +37,11 @@ from megaraptr.methods import build_schedule, split_ds_config
 from megaraptr.models import optimizer_groups as default_groups
 from megaraptr.models.pipe import copy_reference_weights, layer_specs, loss_fn, spec_bounds
 from megaraptr.planning.balance import Costs, imbalance, plan_partitions
+from megaraptr.planning.layout import check_layout, check_tensor_parallel, tensor_parallel_size
 from megaraptr.runtime import compat
 from megaraptr.runtime.engine import RaptrEngine, StepResult
 from megaraptr.runtime.pipe.norm import install_pipeline_norm
+from megaraptr.runtime.tp import ParallelGroups, apply_tensor_parallel
 from megaraptr.runtime.zero.groups import layer_param_groups
 
 
@@ -116,9 +125,10 @@ class RaptrPipelineEngine(RaptrEngine):
     is_pipeline = True
     check_group = None  # every rank of every pipeline stage computes the same mask
 
-    def __init__(self, ds_engine, *, config, schedule, seed, partitions, costs: Costs):
+    def __init__(self, ds_engine, *, config, schedule, seed, partitions, costs: Costs,
+                 tensor_parallel=None):
         super().__init__(ds_engine, config=config, schedule=schedule, seed=seed,
-                         partitions=partitions)
+                         partitions=partitions, tensor_parallel=tensor_parallel)
         self.partitions = tuple(tuple(p) for p in partitions)
         self.costs = costs
         self.layer_parts = tuple(ds_engine.module.raptr_layer_parts)
@@ -202,10 +212,35 @@ def plan(raptr_config, schedule, costs: Costs, num_stages: int):
                            min_gain=spec.repartition_min_gain)
 
 
+def tensor_parallel_groups(ds_config: dict, num_stages: int) -> Optional[ParallelGroups]:
+    """The tensor-parallel groups of a pipeline run (None without tensor parallelism); every
+    rank calls it, once per run (re-partitioned engines reuse them)."""
+    import torch.distributed as dist
+
+    tensor = tensor_parallel_size(ds_config)
+    if tensor == 1:
+        return None
+    check_tensor_parallel(ds_config, tensor=tensor, pipeline=True)
+    layout = check_layout(world=dist.get_world_size(), tensor=tensor, pipeline=num_stages)
+    return ParallelGroups(layout, data_groups=False)  # the grid makes the data groups
+
+
+def _pipe_ds_config(ds_config: dict, groups: Optional[ParallelGroups]) -> dict:
+    """What DeepSpeed gets: no "tensor_parallel" block (megaraptr splits the blocks) and, under
+    tensor parallelism, unpartitioned activations between stages."""
+    if groups is None:
+        return ds_config
+    out = {k: v for k, v in ds_config.items() if k != "tensor_parallel"}
+    out["pipeline"] = dict(out.get("pipeline") or {}, pipe_partitioned=False,
+                           grad_partitioned=False)
+    return out
+
+
 def initialize(name: str, cfg, *, config, num_stages: int, total_steps: int, seed: int,
                costs: Costs, reference: Optional[torch.nn.Module] = None,
                layer_parts: Optional[Partition] = None, first_step: int = 1, partitions=None,
-               optimizer_groups=None) -> RaptrPipelineEngine:
+               optimizer_groups=None, groups: Optional[ParallelGroups] = None
+               ) -> RaptrPipelineEngine:
     """``megaraptr.initialize`` for a pipeline of reference model ``name``.
 
     Args:
@@ -217,23 +252,35 @@ def initialize(name: str, cfg, *, config, num_stages: int, total_steps: int, see
         first_step: the applied step the engine trains next (a resumed run: saved step + 1).
         partitions: the plan, when already made (``plan(...)``).
         optimizer_groups: ``fn(module) -> parameter groups`` (default: decay / no decay).
+        groups: the run's :func:`tensor_parallel_groups` (made here when the config asks for
+            tensor parallelism and none are given).
     """
     import deepspeed
+    from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
 
 
     raptr_config, ds_config = split_ds_config(config)
     check_pipeline(num_stages, cfg.num_layers, ds_config, raptr_config)
+    if groups is None:
+        groups = tensor_parallel_groups(ds_config, num_stages)
+    topology = None if groups is None else PipeModelDataParallelTopology(
+        num_pp=num_stages, num_mp=groups.tensor_size, num_dp=groups.layout.data)
     schedule = build_schedule(raptr_config, num_layers=cfg.num_layers, total_steps=total_steps)
     partitions = partitions or plan(raptr_config, schedule, costs, num_stages)
     step = min(max(first_step, 1), schedule.total_steps)
     parts = tuple(layer_parts or partitions[schedule.stage_at(step).index])
     module = build_module(name, cfg, num_stages=num_stages, layer_parts=parts,
-                          reference=reference)
-
-    groups = layer_param_groups(module, find_blocks(module, partial=True),
-                                (optimizer_groups or default_groups)(module))
-    ds_engine, _, _, _ = deepspeed.initialize(model=module, model_parameters=groups,
-                                              config=ds_config)
+                          reference=reference, topology=topology)
+    blocks = find_blocks(module, partial=True)
+    if groups is not None:  # this stage's blocks, split over the grid's "model" axis
+        apply_tensor_parallel(module, rank=groups.tensor_index, size=groups.tensor_size,
+                              group=groups.tensor_group, blocks=blocks)
+    params = layer_param_groups(module, blocks, (optimizer_groups or default_groups)(module))
+    ds_engine, _, _, _ = deepspeed.initialize(model=module, model_parameters=params,
+                                              config=_pipe_ds_config(ds_config, groups))
+    if groups is not None and sorted(ds_engine.grid.slice_group) != groups.tensor_ranks:
+        raise RuntimeError(f"the pipeline grid's model axis {ds_engine.grid.slice_group} is not "
+                           f"the tensor-parallel group {groups.tensor_ranks}")
     return RaptrPipelineEngine(ds_engine, config=raptr_config, schedule=schedule,
                                seed=raptr_config.sampler_seed(seed), partitions=partitions,
-                               costs=costs)
+                               costs=costs, tensor_parallel=groups)
