@@ -15,6 +15,7 @@ from megaraptr.core.config import load_ds_config
 from megaraptr.errors import ConfigError
 from megaraptr.methods import build_schedule, parse_raptr_block
 from megaraptr.models import SIZES, num_layers
+from megaraptr.planning.layout import tensor_parallel_size
 from megaraptr.planning.step_costs import REFERENCE, parse_costs, profile
 from megaraptr.tools.preflight import validate
 from megaraptr.tools.train_args import TrainFlags, parse_args
@@ -32,6 +33,8 @@ class Checked:
     schedule: object
     steps_from: str
     """Where the run length came from ("--train-steps" or the scheduler's total_num_steps)."""
+    layout: object = None
+    """The TP x PP x DP layout under tensor parallelism (megaraptr.planning.layout.Layout)."""
 
 
 def config_steps(ds_config: dict) -> Optional[int]:
@@ -52,8 +55,10 @@ def size_needed(raptr) -> ConfigError:
 
 
 def check(path: str, *, model: str, size: Optional[str], train_steps: Optional[int] = None,
-          pipeline_stages: int = 0, extra: Optional[List[str]] = None) -> Checked:
-    """Run training's checks on ``path`` for the run these flags describe.
+          pipeline_stages: int = 0, extra: Optional[List[str]] = None,
+          world_size: Optional[int] = None) -> Checked:
+    """Run training's checks on ``path`` for the run these flags describe (``world_size``:
+    default tensor parallel x pipeline stages, one data-parallel replica).
 
     Raises:
         ConfigError (and the other MegaraptrErrors training raises): the line training prints.
@@ -71,10 +76,13 @@ def check(path: str, *, model: str, size: Optional[str], train_steps: Optional[i
     argv = ["--deepspeed_config", str(path), "--model", model, "--size", size,
             "--train-steps", str(steps), "--pipeline-stages", str(pipeline_stages)]
     flags = parse_args(argv + list(extra or []))
-    plan = validate(flags)
+    if world_size is None:
+        world_size = tensor_parallel_size(ds_config) * max(pipeline_stages, 1)
+    plan = validate(flags, world_size)
     schedule = build_schedule(plan.raptr, num_layers=num_layers(size),
                               total_steps=flags.train_steps)
-    return Checked(str(path), flags, plan.raptr, plan.ds_config, schedule, steps_from)
+    return Checked(str(path), flags, plan.raptr, plan.ds_config, schedule, steps_from,
+                   plan.layout)
 
 
 def describe_method(raptr, schedule) -> str:
@@ -99,7 +107,8 @@ def run_summary(checked: Checked) -> str:
              f"{checked.schedule.expected_flops_fraction():.3f} of full",
              f"ZeRO-{zero}, {precision}, {ds.get('train_micro_batch_size_per_gpu', '?')} "
              f"sequences x {ds.get('gradient_accumulation_steps', 1)} accumulation per GPU"
-             + (f", pipeline of {args.pipeline_stages} stages" if args.pipeline_stages else "")]
+             + (f", pipeline of {args.pipeline_stages} stages" if args.pipeline_stages else "")
+             + (f", {checked.layout.describe()}" if checked.layout is not None else "")]
     return "; ".join(parts)
 
 

@@ -2,8 +2,8 @@
 
 :func:`validate` runs before the process group, the data cache or the model exist: the model
 name and size, the raptr block and its schedule against the model's depth and the run's length,
-the pipeline, kernels and objective flags, and a checkpoint to resume (its schedule, seed and
-objective). Every failure is one line naming the flag or key and what is allowed (exit 2 from
+the pipeline, tensor-parallel layout (:mod:`megaraptr.tools.parallel_check`), kernels and
+objective flags, and a checkpoint to resume (its schedule, seed and objective). Every failure is one line naming the flag or key and what is allowed (exit 2 from
 the command line). ``megaraptr-config validate`` runs the same function.
 What it resolves comes back as one frozen :class:`RunPlan` (model facts, the DeepSpeed config
 with what the run decides filled in by :func:`prepare_ds_config`, the sampler seed, the notes
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -24,8 +24,10 @@ from megaraptr.kernels import resolve_kernels
 from megaraptr.methods import build_schedule, method_name, split_ds_config
 from megaraptr.models import DATA_KIND, MODELS, num_layers
 from megaraptr.models.hf import data_kind, hf_config, is_hf, model_label
+from megaraptr.planning.layout import Layout, tensor_parallel_size
 from megaraptr.runtime.pipe.engine import check_pipeline
 from megaraptr.runtime.resume_state import check_compatible, find_checkpoint, read_raptr_state
+from megaraptr.tools.parallel_check import check_parallel
 from megaraptr.tools.train_args import TrainFlags
 
 
@@ -49,6 +51,8 @@ class RunPlan:
     """The subnetwork sampler's seed: the raptr block's ``seed`` if set, else --seed."""
     notes: Tuple[str, ...]
     """What the run changed in the config, printed once it starts."""
+    layout: Optional[Layout] = None
+    """The TP x PP x DP layout under tensor parallelism (None without it)."""
 
 
 def prepare_ds_config(flags: TrainFlags, ds_config: dict, *, method: str,
@@ -93,8 +97,9 @@ def model_facts(flags: TrainFlags) -> tuple:
     return num_layers(flags.size), DATA_KIND[flags.model], flags.model
 
 
-def validate(flags: TrainFlags) -> RunPlan:
-    """Everything that can be checked before expensive work; returns the resolved run."""
+def validate(flags: TrainFlags, world_size: Optional[int] = None) -> RunPlan:
+    """Everything that can be checked before expensive work; returns the resolved run
+    (``world_size``: default the launcher's WORLD_SIZE, else 1)."""
     depth, kind, label = model_facts(flags)
     raptr_config, ds_config = split_ds_config(flags.deepspeed_config)
     if flags.kernels:
@@ -111,6 +116,7 @@ def validate(flags: TrainFlags) -> RunPlan:
                               '--pipeline-stages yet; allowed: "eager" or "auto" (eager there)')
     else:
         check_kernels(raptr_config.kernels, ds_config)
+    layout = check_parallel(flags, ds_config, world_size)
     check_objective(flags)
     if flags.exit_at_step is not None and not flags.save:
         raise ConfigError("--exit-at-step", "needs --save DIR to write the checkpoint")
@@ -129,9 +135,12 @@ def validate(flags: TrainFlags) -> RunPlan:
     ds_config["raptr"] = raptr_config.model_dump(exclude_none=True)
     method = method_name(raptr_config)
     ds_config, notes = prepare_ds_config(flags, ds_config, method=method, label=label)
+    if layout is not None:
+        notes += (f"tensor_parallel: {layout.describe()} (megaraptr's Megatron-style layers; "
+                  "DeepSpeed gets the process groups, not AutoTP)",)
     return RunPlan(flags=flags, raptr=raptr_config, ds_config=ds_config, num_layers=depth,
                    data_kind=kind, model_label=label, method=method,
-                   sampler_seed=sampler_seed, notes=notes)
+                   sampler_seed=sampler_seed, notes=notes, layout=layout)
 
 
 def check_objective(flags: TrainFlags) -> None:
@@ -153,4 +162,5 @@ def check_kernels(mode: str, ds_config: dict) -> None:
 
     cuda = os.environ.get("DS_ACCELERATOR", "cuda") == "cuda" and torch.cuda.is_available()
     resolve_kernels(mode, device="cuda" if cuda else "cpu",
-                    zero_stage=int((ds_config.get("zero_optimization") or {}).get("stage", 0)))
+                    zero_stage=int((ds_config.get("zero_optimization") or {}).get("stage", 0)),
+                    tensor_parallel=tensor_parallel_size(ds_config))
