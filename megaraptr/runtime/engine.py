@@ -99,6 +99,8 @@ class RaptrEngine:
         self.deepspeed_patches = dict(compat.PROCESS_PATCHES)
         """Each DeepSpeed patch megaraptr considered: "active" or "fallback: <reason>" (a
         source differs from DeepSpeed 0.19.8's: DeepSpeed's own path runs); runtime.compat."""
+        if tensor_parallel is not None:  # checked before the model was split, recorded here
+            compat.require(self.deepspeed_patches, "tp_grad_norm")
         self.trace = SubnetworkTrace(ds_engine, self.blocks) if self.zero_stage == 3 and \
             compat.guard(self.deepspeed_patches, "zero3_prefetch") else None
         self.private_clear = self.zero_stage == 3 and \

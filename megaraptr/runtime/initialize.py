@@ -23,6 +23,7 @@ from megaraptr.core.block import find_blocks
 from megaraptr.errors import ConfigError
 from megaraptr.kernels import apply_kernels, fused_optimizer, resolve_kernels
 from megaraptr.planning.layout import check_layout, check_tensor_parallel, tensor_parallel_size
+from megaraptr.runtime import compat
 from megaraptr.runtime.engine import RaptrEngine
 from megaraptr.runtime.tp import ParallelGroups, apply_tensor_parallel
 from megaraptr.runtime.zero.groups import has_layer_groups, layer_param_groups
@@ -89,6 +90,7 @@ def _tensor_parallel(model, blocks, ds_config: dict, ds_kwargs: dict):
     if tensor == 1:
         return False, ds_config
     check_tensor_parallel(ds_config, tensor=tensor)
+    compat.require(None, "tp_grad_norm")  # DeepSpeed's norms must count shards as expected
     if ds_kwargs.get("mpu") is not None:
         raise ConfigError("tensor_parallel.autotp_size", "megaraptr makes the tensor-parallel "
                           "groups itself: pass no mpu")

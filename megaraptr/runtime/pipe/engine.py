@@ -221,6 +221,7 @@ def tensor_parallel_groups(ds_config: dict, num_stages: int) -> Optional[Paralle
     if tensor == 1:
         return None
     check_tensor_parallel(ds_config, tensor=tensor, pipeline=True)
+    compat.require(None, "tp_grad_norm")
     layout = check_layout(world=dist.get_world_size(), tensor=tensor, pipeline=num_stages)
     return ParallelGroups(layout, data_groups=False)  # the grid makes the data groups
 

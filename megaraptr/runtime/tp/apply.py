@@ -28,6 +28,7 @@ from torch import nn
 from megaraptr.core.block import find_blocks
 from megaraptr.errors import ConfigError
 from megaraptr.planning.layout import KEY
+from megaraptr.planning.tp_costs import ALL_REDUCES_PER_LAYER
 from megaraptr.runtime.tp.layers import column_parallel, enter_region, row_parallel
 
 
@@ -142,7 +143,5 @@ def apply_tensor_parallel(model: nn.Module, *, rank: int, size: int, group,
     return len(blocks)
 
 
-def all_reduces_per_layer() -> int:
-    """Tensor-parallel all-reduces one active layer runs per micro-batch (forward and
-    backward; activation checkpointing adds the forward's two again)."""
-    return 4
+__all__ = ["ALL_REDUCES_PER_LAYER", "PLANS", "apply_tensor_parallel", "plan_of"]
+

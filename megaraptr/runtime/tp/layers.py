@@ -19,7 +19,8 @@ layer runs none: its block returns before any of these modules is called. Module
 identity, names and hooks (the forward of a row-parallel module is replaced on the instance, as
 :mod:`megaraptr.models.hf` does for layers), and parameters keep their identity (new, sharded
 data in the same ``Parameter``), so parameter groups built from the full model stay valid.
-``nn.Linear`` (weight ``[out, in]``) and transformers' ``Conv1D`` (GPT-2, ``[in, out]``) are handled.
+``nn.Linear`` (weight ``[out, in]``) and transformers' ``Conv1D`` (GPT-2, ``[in, out]``) are
+handled.
 Sharded parameters carry ``tensor_model_parallel = True`` and ``partition_dim``, which DeepSpeed
 reads to count them on every rank in the clipping norm (replicated ones on tensor rank 0 only).
 """
