@@ -4,18 +4,19 @@
 
 MODE ``ref`` (N = 1) trains without tensor parallelism, the reference; MODE ``tp`` trains the
 same model, weights, data and config with ``"tensor_parallel": {"autotp_size": 2}`` (N = 2:
-TP 2; N = 4: TP 2 x DP 2). A case is ``MODEL-DTYPE-zSTAGE[-xK]``: MODEL ``gpt``, ``bert``,
-``hfgpt2``, ``hfllama`` (a tiny Llama with 2 key-value heads), DTYPE ``fp32``/``bf16``, ``-xK``:
-K times the gradient accumulation (a one-process reference of a run with K data-parallel
-replicas). Also, in MODE ``tp``:
+TP 2; N = 4: TP 2 x DP 2). A case is ``MODEL-DTYPE-zSTAGE[-xK|-balanced]``: MODEL ``gpt``,
+``bert``, ``hfgpt2``, ``hfllama`` (a tiny Llama with 2 key-value heads), DTYPE ``fp32``/``bf16``,
+``-xK``: K times the gradient accumulation (a one-process reference of a run with K
+data-parallel replicas), ``-balanced``: balanced sampling on the partitions a 2-stage pipeline
+plans from the heavy-head costs (the reference of ``pipe-repartition``). Also, in MODE ``tp``:
 
 - ``resume``: the ``gpt-fp32-z1`` run as 6 steps, a checkpoint, a fresh engine loading it and
   6 more steps;
 - ``mismatch``: tensor rank 1 has another raptr seed;
 - ``pipe-DTYPE-zSTAGE`` (N = 4): the tiny GPT as a 2-stage pipeline of TP 2 (3D: TP 2 x PP 2);
-- ``pipe-repartition`` (N = 4): the same with a heavy-head cost model whose plan moves a layer
-  between stages at a schedule-stage change, handed over through a checkpoint (the run
-  resumes on another partition).
+- ``pipe-repartition`` (N = 4): the same with balanced sampling and a heavy-head cost model
+  whose plan moves a layer between stages at a schedule-stage change, handed over through a
+  checkpoint (the run resumes on another partition).
 
 Per step each rank records the loss (mean over data-parallel replicas), the mask, the
 subnetwork key, the all-reduces the tensor-parallel layers ran (counted at their
@@ -65,17 +66,28 @@ COUNTER = tp_layers.dist = CountingDist(torch.distributed)
 def parse(case: str):
     """(model, dtype, zero stage, gradient accumulation) of ``MODEL-DTYPE-zSTAGE[-xK]``."""
     parts = case.split("-")
-    gas = GAS * (int(parts[3][1:]) if len(parts) > 3 else 1)
+    gas = GAS * (int(parts[3][1:]) if len(parts) > 3 and parts[3].startswith("x") else 1)
     return parts[0], parts[1], int(parts[2][1:]), gas
 
 
-def config(dtype: str, stage: int, gas: int, tensor: int, seed: int = 3) -> dict:
+def heavy_head_plan(ds_config: dict):
+    """The partitions a 2-stage pipeline plans for each schedule stage from HEAVY_HEAD."""
+    from megaraptr.methods import build_schedule, split_ds_config
+    from megaraptr.runtime.pipe import engine as pipeline
+
+    raptr, _ = split_ds_config(ds_config)
+    schedule = build_schedule(raptr, num_layers=4, total_steps=STEPS)
+    return pipeline.plan(raptr, schedule, HEAVY_HEAD, 2)
+
+
+def config(dtype: str, stage: int, gas: int, tensor: int, seed: int = 3,
+           sampling: str = "bernoulli") -> dict:
     cfg = {"train_micro_batch_size_per_gpu": MICRO, "gradient_accumulation_steps": gas,
            "gradient_clipping": 1.0, "steps_per_print": 10 ** 6,
            "optimizer": {"type": "AdamW", "params": {"lr": 2e-3, "weight_decay": 0.1,
                                                      "torch_adam": True}},
            "zero_optimization": {"stage": stage}, "bf16": {"enabled": dtype == "bf16"},
-           "raptr": {"enabled": True, "schedule": "2-3-4", "seed": seed,
+           "raptr": {"enabled": True, "schedule": "2-3-4", "seed": seed, "sampling": sampling,
                      "consistency_check_interval": 1}}
     if tensor > 1:
         cfg["tensor_parallel"] = {"autotp_size": tensor}
@@ -141,12 +153,15 @@ def run_dp(data, case: str, tensor: int, out_dir: str) -> dict:
     import megaraptr
 
     name, dtype, stage, gas = parse("gpt-fp32-z1" if case == "resume" else case)
+    balanced = case.endswith("-balanced")
+    ds_config = config(dtype, stage, gas, tensor, sampling="balanced" if balanced else "bernoulli")
+    partitions = heavy_head_plan(ds_config) if balanced else None
 
     def make():
         model, inputs = build(name, data.vocab_size)
         engine, *_ = megaraptr.initialize(model=model, model_parameters=optimizer_groups(model),
-                                          config=config(dtype, stage, gas, tensor),
-                                          total_steps=STEPS)
+                                          config=ds_config, total_steps=STEPS,
+                                          partitions=partitions)
         return engine, inputs
 
     engine, inputs = make()
@@ -188,7 +203,7 @@ def run_pipe(data, case: str, out_dir: str) -> dict:
     moved = case == "pipe-repartition"
     _, dtype, stage, gas = parse("gpt-fp32-z1" if moved else case)
     cfg = model_config("tiny", vocab_size=data.vocab_size, seq_len=SEQ)
-    ds_config = config(dtype, stage, gas, 2)
+    ds_config = config(dtype, stage, gas, 2, sampling="balanced" if moved else "bernoulli")
     groups = pipeline.tensor_parallel_groups(ds_config, 2)
 
     def make(parts=None):
