@@ -161,11 +161,13 @@ def layout_line(layout: dict) -> str:
 
 
 def report(result: dict) -> str:
-    """The printed summary: setting, full-model step, then the table."""
-
+    """The printed summary: setting, full-model step, then the table; under --tensor-parallel,
+    --data-parallel or --model-shape also the layout line first and the ideal speedup."""
     c, full = result["config"], result["full_model"]
-    lines = [layout_line(result["layout"]),
-             f"L={c['layers']} layers, S={c['stages']} pipeline stages, M={c['micro_batches']} "
+    layout = result.get("layout") or {}
+    parallel = layout.get("tensor_parallel", 1) > 1 or layout.get("data_parallel", 1) > 1 or \
+        "derived_ms" in layout  # the output without these flags is as it always was
+    lines = [f"L={c['layers']} layers, S={c['stages']} pipeline stages, M={c['micro_batches']} "
              f"micro-batches, schedule {c['schedule']} over {c['steps']} steps, fixed layers "
              f"{c['fixed_layers']}, costs layer {c['layer_cost']:g} embedding "
              f"{c['embedding_cost']:g} head {c['head_cost']:g}, backward/forward "
@@ -174,7 +176,9 @@ def report(result: dict) -> str:
              "pipeline stages (bubble kept)",
              f"full-model step {full['step']:.4g} (partition {full['partition']}, "
              f"{full['ratio_to_ideal']:.3f} x its ideal)"]
-    if result["rows"]:  # the ideal of a step depends only on its total work: any row's
+    if parallel:
+        lines.insert(0, layout_line(layout))
+    if parallel and result["rows"]:  # a step's ideal depends only on its total work: any row's
         lines.append(f"ideal speedup (full model's ideal / the schedule's mean ideal): "
                      f"{full['ideal'] / result['rows'][0]['mean_ideal']:.3f}x")
     for mode, plan in result["plans"].items():

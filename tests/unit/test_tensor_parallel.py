@@ -22,8 +22,7 @@ from megaraptr.planning.tp_costs import (Hardware, Shape, all_reduce_ms, layer_f
                                          shape_costs, with_tensor_parallel)
 from megaraptr.runtime.resume_state import check_tensor_parallel as check_checkpoint
 from megaraptr.runtime.tp import apply_tensor_parallel
-from megaraptr.tools import config as config_tool
-from megaraptr.tools import simulate as simulate_tool
+from megaraptr.tools import config as config_tool, simulate as simulate_tool
 
 pytestmark = pytest.mark.unit
 
@@ -179,8 +178,14 @@ def test_simulator_takes_the_tensor_parallel_dimension(capsys):
     assert result["config"]["layer_cost"] == 0.75
     assert result["layout"]["gpus"] == 12
     assert simulate_tool.main(argv) == 0
-    assert capsys.readouterr().out.startswith("layout: TP 2 x PP 2 x DP 3 = 12 GPUs; layer "
-                                              "cost 1 / 2 + all-reduces 0.25")
+    out = capsys.readouterr().out
+    assert out.startswith("layout: TP 2 x PP 2 x DP 3 = 12 GPUs; layer cost 1 / 2 + all-reduces "
+                          "0.25")
+    assert "ideal speedup (full model's ideal / the schedule's mean ideal): " in out
+    assert simulate_tool.main(argv[:10]) == 0  # without the TP flags: the output as before
+    plain = capsys.readouterr().out
+    assert plain.startswith("L=8 layers, S=2 pipeline stages") and "layout" not in plain
+    assert "ideal speedup" not in plain
     shaped = simulate_tool.parse(["--model-shape", "32x4096x32x11008", "--seq-len", "4096",
                                   "--tensor-parallel", "8", "--stages", "4"])
     assert shaped.layers == 32

@@ -197,8 +197,7 @@ def run_mismatch(data) -> dict:
 
 
 def run_pipe(data, case: str, out_dir: str) -> dict:
-    from megaraptr.runtime.pipe import engine as pipeline
-    from megaraptr.runtime.pipe import optim_state, repartition
+    from megaraptr.runtime.pipe import engine as pipeline, optim_state, repartition
 
     moved = case == "pipe-repartition"
     _, dtype, stage, gas = parse("gpt-fp32-z1" if moved else case)
