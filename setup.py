@@ -22,7 +22,9 @@ setup(
         "tqdm",
     ],
     extras_require={"bench": ["matplotlib"], "hf": ["transformers"],
-                    "test": ["pytest", "matplotlib", "transformers"]},
+                    # triton: its CPU interpreter runs the fused residual-add kernel's test
+                    "test": ["pytest", "matplotlib", "transformers",
+                             "triton; platform_system == 'Linux' and platform_machine == 'x86_64'"]},
     entry_points={"console_scripts": ["megaraptr-train=megaraptr.tools.train:main",
                                       "megaraptr-config=megaraptr.tools.config:main",
                                       "megaraptr-bench-quality=megaraptr.bench.quality:main"]},

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# The whole method on one GPU in ONE command (offline H100/H200, about 4-5 minutes in all):
+# The whole method on one GPU in ONE command (offline H100/H200, about 5-6 minutes in all):
 #   bash launch/gpu_check.sh                      # from the repo root; results under $OUT (out/)
 # It installs the carried wheels (.whl/), then runs python -m megaraptr.bench.gpu: the Triton
 # residual-add check, the step-time benchmark of BERT-base and GPT-medium (k = 0, L/2, L; plain
 # PyTorch and ZeRO-2/1/3; eager vs auto kernels; bf16) and RAPTR 6-8-10-12 against full
-# training end to end (BERT-base, ZeRO-2 or ZeRO-1 as measured faster, ~300 steps each, real
-# tokens). Each part has its own deadline inside BUDGET seconds (default 290, counted from this
-# script's start); the table comes last, JSON and logs are under $OUT.
+# training end to end, three times, the order alternating (full, RAPTR; RAPTR, full; full,
+# RAPTR), with the spread of the three speedups and achieved/ideal (BERT-base, ZeRO-2 or ZeRO-1
+# as measured faster, ~200 steps each, real tokens; the ideal from the same run's plain PyTorch
+# t(k)). Each part has its own deadline inside BUDGET seconds (default 400, counted from this
+# script's start); the table comes last, JSON and logs are under $OUT (commit all the JSON).
 # Carry two git-ignored folders, made on a machine with the registry and your corpus:
 #   bash launch/gpu_wheels.sh                          # .whl/: deepspeed, pydantic, hjson (5 MB)
 #   python -m megaraptr.bench.gpu_data --corpus DIR    # .gpudata/: pre-tokenized slice (29 MB)
@@ -14,7 +16,7 @@
 #   PYTHON=python WHEELS=0 DEVICE=cpu OUT=/tmp/gc bash launch/gpu_check.sh
 set -uo pipefail
 START=$(date +%s)
-OUT=${OUT:-out}; DEVICE=${DEVICE:-cuda}; BUDGET=${BUDGET:-290}; PYTHON=${PYTHON:-python3}
+OUT=${OUT:-out}; DEVICE=${DEVICE:-cuda}; BUDGET=${BUDGET:-400}; PYTHON=${PYTHON:-python3}
 mkdir -p "$OUT"
 if [ "${WHEELS:-1}" = 1 ] && ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \

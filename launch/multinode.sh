@@ -28,6 +28,10 @@ MODEL=${MODEL:-bert}
 SIZE=${SIZE:-base}
 DS_CONFIG=${DS_CONFIG:-$here/ds_configs/bert_base_raptr_zero2.json}
 MASTER_PORT=${MASTER_PORT:-29500}
+# The launchers ignore USR1 (inherited through exec and by their children): the training
+# processes catch it, save after their step and exit 75; a launcher killed by it would
+# orphan them mid-save (launch/slurm.sbatch forwards USR1 to every process of the step).
+trap '' USR1
 read -ra DEEPSPEED_CMD <<< "${DEEPSPEED:-deepspeed}"
 launcher=(--hostfile "$HOSTFILE" --master_addr "$MASTER_ADDR" --master_port "$MASTER_PORT")
 if [ -n "${NODE_RANK:-}" ]; then

@@ -19,6 +19,10 @@ if [ -z "${NGPU:-}" ]; then
   NGPU=$(nvidia-smi -L 2>/dev/null | wc -l || true)
   [ "${NGPU:-0}" -ge 1 ] || NGPU=1
 fi
+# The launchers ignore USR1 (inherited through exec and by their children): the training
+# processes catch it, save after their step and exit 75; a launcher killed by it would
+# orphan them mid-save (launch/slurm.sbatch forwards USR1 to every process of the step).
+trap '' USR1
 launcher=(--num_gpus "$NGPU")
 [ -n "${HOSTFILE:-}" ] && launcher+=(--hostfile "$HOSTFILE")
 [ -n "${NUM_NODES:-}" ] && launcher+=(--num_nodes "$NUM_NODES")

@@ -24,11 +24,12 @@ from megaraptr.errors import (CheckpointError, ConfigError, DataError, Megaraptr
 from megaraptr.methods import build_schedule, parse_raptr_block, split_ds_config
 from megaraptr.runtime.engine import RaptrEngine, StepResult
 from megaraptr.runtime.initialize import initialize
+from megaraptr.runtime.monitor import StepMonitor
 from megaraptr.runtime.zero.groups import layer_param_groups
 
 __version__ = "0.1.0"
 
-__all__ = ["initialize", "RaptrEngine", "StepResult", "RaptrConfig", "parse_raptr_block",
+__all__ = ["initialize", "RaptrEngine", "StepResult", "StepMonitor", "RaptrConfig", "parse_raptr_block",
            "split_ds_config", "Schedule", "Stage", "build_schedule", "LayerMask",
            "SubnetworkSampler", "sample_mask", "find_blocks", "mark_block", "residual_scale",
            "set_layer_mask", "skippable", "layer_param_groups",

@@ -1,7 +1,8 @@
 """Errors megaraptr raises on purpose, each with a one-line message for the user.
 
 The command-line entry points catch ``MegaraptrError`` and print ``str(err)`` alone (exit code
-2 for bad input, 1 for a failure during training); library callers get the exception.
+2 for bad input, 1 for a failure during training, 3 for a diverged run, 75 for a run stopped
+early with its checkpoint saved); library callers get the exception.
 """
 
 
@@ -9,6 +10,9 @@ class MegaraptrError(Exception):
     """Base class: a problem megaraptr detected and can describe in one line."""
 
     exit_code = 1
+    every_rank = False
+    """True when every rank raises the same error at the same point (an agreed stop): the
+    command line prints it on rank 0 only."""
 
 
 class ConfigError(MegaraptrError, ValueError):
@@ -48,3 +52,28 @@ class EngineUsageError(MegaraptrError, AttributeError):
     """A DeepSpeed engine call that megaraptr's engine refuses because it would bypass the
     step's subnetwork (``engine.step()``, ``engine.backward(loss)``, ...): names the call to
     use instead. An ``AttributeError``, so ``hasattr(engine, "step")`` is False."""
+
+
+class RunWarning(UserWarning):
+    """A setting that will run, but probably not as meant (e.g. an LR warmup as long as the
+    run); the command line prints it among the run's notes instead."""
+
+
+class DivergenceError(MegaraptrError):
+    """Training diverged (``raptr.on_nonfinite``): a step's loss or gradient norm was not
+    finite, or the weights about to be saved were not. Raised on every rank after the same
+    step and before anything is saved from it, so the newest checkpoint stays the last good one.
+    Exit code 3."""
+
+    exit_code = 3
+    every_rank = True
+
+
+class RunStopped(MegaraptrError):
+    """The run stopped early, on every rank after the same step: SIGTERM or SIGUSR1 (what SLURM
+    sends before preemption or the time limit), or its launcher died. The checkpoint of that
+    step was saved when ``--save`` is given; the same command with ``--load auto`` continues.
+    Exit code 75 (EX_TEMPFAIL of sysexits.h: try again), for a launcher to requeue on."""
+
+    exit_code = 75
+    every_rank = True

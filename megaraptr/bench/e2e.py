@@ -1,15 +1,20 @@
 """End-to-end wall-clock of RAPTR against full-model training at equal steps, on real tokens.
 
-The same model from the same initialisation trains twice on the same batches under
+The same model from the same initialisation trains on the same batches under
 DeepSpeed+megaraptr, with the same kernels: ``full`` (raptr disabled, the same code path) and
-``raptr`` (a schedule such as ``6-8-10-12``, equal stages, megaraptr's defaults). Each run's
-training loop is timed as a whole (``engine.train_step`` per step, which returns the loss to
-the host); the batches are made before the loop and sit on the device, as a prefetching loader
-would have them. A short untimed warm-up engine runs first, so compilation of the blocks is
-not in either run. Reported: the wall-clock speedup full / raptr, each run's per-step times
-with its layers that ran, the least-squares t(k) = fixed + per_layer * k of the RAPTR run, and
-the speedup that fit predicts (the ideal from DeepSpeed's own costs).
-``megaraptr.bench.gpu`` adds the ideal from the plain-PyTorch costs.
+``raptr`` (a schedule such as ``6-8-10-12``, equal stages, megaraptr's defaults), in ``--pairs``
+pairs whose order alternates (full then RAPTR, RAPTR then full, ...), each run with a fresh
+engine. Each run's training loop is timed as a whole (``engine.train_step`` per step, which
+returns the loss to the host); the batches are made before the loop and sit on the device, as a
+prefetching loader would have them. A short untimed warm-up engine runs first, so compilation
+of the blocks is not in any run.
+
+The ideal comes from the same run: plain PyTorch (no DeepSpeed, the same model, batches,
+kernels and precision) is timed at k = 0, L/2 and L active layers, and the ideal speedup is
+t(L) / the mean of t(k) over the RAPTR run's steps, with t read off the measured points
+(linear between them) and, beside it, off their least-squares line
+(:func:`megaraptr.bench.step_metrics.ideal_speedup`). Reported: per pair the speedup full /
+RAPTR and achieved / ideal; their median, min and max; every step time of every run (JSON).
 
     python -m megaraptr.bench.e2e --data .gpudata/bert-mlm --size base --steps 300 --out e2e.json
 """
@@ -26,10 +31,12 @@ from typing import List, Optional
 import torch
 
 import megaraptr
+from megaraptr.bench import step_metrics
 from megaraptr.data import make_batches, resolve_data
 from megaraptr.kernels import dynamo_counts
 from megaraptr.models import DATA_KIND, build_model, num_layers, optimizer_groups
-from megaraptr.planning.step_profile import fit_line, release
+from megaraptr.planning import step_profile
+from megaraptr.planning.step_profile import Plan, fit_line, release
 from megaraptr.runtime.distributed import init_distributed
 
 SHAPES = {"tiny": (8, 64), "mini": (8, 128), "base": (64, 512), "medium": (16, 1024)}
@@ -94,12 +101,28 @@ def train(args, name: str, raptr: dict, batches: List[dict], steps: int, vocab: 
     return out
 
 
-def fit_steps(wanted: int, step_ms: float, seconds_left: float, setup_s: float = 15.0) -> int:
-    """Steps per run that fit two runs (full at ``step_ms``, RAPTR faster) into
+def fit_steps(wanted: int, step_ms: float, seconds_left: float, setup_s: float = 15.0,
+              pairs: int = 1) -> int:
+    """Steps per run that fit ``pairs`` pairs of runs (full at ``step_ms``, RAPTR faster) into
     ``seconds_left``, with ``setup_s`` per run for building engines; at most ``wanted``."""
-    per_step = step_ms / 1e3 * 1.9  # a full step plus a RAPTR step (<= 0.9 of it)
-    room = seconds_left - 2 * setup_s
+    per_step = step_ms / 1e3 * 1.9 * pairs  # a full step plus a RAPTR step (<= 0.9 of it)
+    room = seconds_left - 2 * pairs * setup_s
     return max(20, min(wanted, int(room / per_step))) if per_step > 0 else wanted
+
+
+def plain_costs(args, source, vocab: int) -> dict:
+    """Plain PyTorch with the run's model, batches, kernels and precision at k = 0, L/2, L:
+    per-k medians (ms), every sample, and the least-squares line."""
+    L = num_layers(args.size)
+    plan = Plan(model=args.model, size=args.size, num_layers=L, ks=sorted({0, L // 2, L}),
+                steps=args.plain_steps, warmup=args.plain_warmup, micro_batch=args.micro_batch,
+                seq_len=args.seq_len, precision=args.precision, device=args.device,
+                seed=args.seed, kernels=args.kernels)
+    summary = step_profile.summarize(step_profile.run_plain(plan, source, vocab,
+                                                            torch.device(args.device)), L)
+    return {"points_ms": {k: row["median_ms"] for k, row in summary["per_k"].items()},
+            "samples_ms": {k: row["samples_ms"] for k, row in summary["per_k"].items()},
+            "fit": summary["fit"], "kernels": summary.get("kernels")}
 
 
 def run(args, deadline: Optional[float] = None) -> dict:
@@ -121,37 +144,53 @@ def run(args, deadline: Optional[float] = None) -> dict:
     made = time.perf_counter() - made
     result = {"config": {k: v for k, v in vars(args).items() if k != "out"},
               "vocab_size": data.vocab_size, "num_layers": num_layers(args.size),
-              "batches_seconds": made, "runs": {}}
+              "batches_seconds": made}
     if args.warmup:
         start = time.perf_counter()
         warm = train(args, "warmup", {"enabled": False}, batches, args.warmup, data.vocab_size)
         result["warmup_seconds"] = time.perf_counter() - start
-        if deadline is not None and args.warmup >= 2:
-            steps = fit_steps(args.steps, statistics.median(warm["step_ms"][1:]),
-                              deadline - time.time())
-            if steps < args.steps:
-                result["steps_reduced"] = {"from": args.steps, "to": steps}
-                args.steps = steps
-    for name, raptr in (("full", {"enabled": False}),
-                        ("raptr", {"enabled": True, "schedule": args.schedule})):
-        result["runs"][name] = train(args, name, raptr, batches, args.steps, data.vocab_size)
+    result["plain"] = plain_costs(args, source, data.vocab_size)
+    if args.warmup >= 2 and deadline is not None:
+        steps = fit_steps(args.steps, statistics.median(warm["step_ms"][1:]),
+                          deadline - time.time(), pairs=args.pairs)
+        if steps < args.steps:
+            result["steps_reduced"] = {"from": args.steps, "to": steps}
+            args.steps = steps
+    arms = (("full", {"enabled": False}), ("raptr", {"enabled": True, "schedule": args.schedule}))
+    result["runs"] = []
+    for pair in range(args.pairs):  # the order alternates: a drift in the machine hits both
+        for name, raptr in (arms if pair % 2 == 0 else arms[::-1]):
+            entry = train(args, name, raptr, batches, args.steps, data.vocab_size)
+            result["runs"].append(dict(entry, pair=pair))
     summarize(result)
     return result
 
 
 def summarize(result: dict) -> dict:
-    """Add speedups and the RAPTR run's own t(k) fit and ideal to ``result``."""
-    full, raptr, L = result["runs"]["full"], result["runs"]["raptr"], result["num_layers"]
+    """Add per-pair speedups, the ideal from the same run's plain costs, achieved / ideal,
+    and the RAPTR runs' own t(k) fit to ``result``."""
+    L = result["num_layers"]
+    pairs = sorted({r["pair"] for r in result["runs"]})
+    by = {(r["pair"], r["name"]): r for r in result["runs"]}
+    full, raptr = by[(0, "full")], by[(0, "raptr")]
+    points = {int(k): v for k, v in result["plain"]["points_ms"].items()}
+    ideal = step_metrics.ideal_speedup(points, L, raptr["active_layers"])
+    speedups = [by[(p, "full")]["loop_s"] / by[(p, "raptr")]["loop_s"] for p in pairs]
+    achieved = [s / ideal["from_points"] for s in speedups]
     skip = min(3, full["steps"] - 1)  # the first steps pay one-off costs (allocations)
     fit = fit_line(raptr["active_layers"][skip:], raptr["step_ms"][skip:])
     result["summary"] = {
-        "speedup": full["loop_s"] / raptr["loop_s"],
-        "speedup_after_first_steps": sum(full["step_ms"][skip:]) / sum(raptr["step_ms"][skip:]),
-        "full_ms_per_step": full["loop_s"] * 1e3 / full["steps"],
-        "raptr_ms_per_step": raptr["loop_s"] * 1e3 / raptr["steps"],
+        "pairs": len(pairs), "speedups": speedups, "speedup": step_metrics.spread(speedups),
+        "ideal": ideal["from_points"], "ideal_from_line": ideal["from_line"],
+        "achieved_over_ideal": achieved,
+        "achieved_over_ideal_spread": step_metrics.spread(achieved),
+        "full_ms_per_step": step_metrics.spread([by[(p, "full")]["loop_s"] * 1e3 /
+                                                 full["steps"] for p in pairs]),
+        "raptr_ms_per_step": step_metrics.spread([by[(p, "raptr")]["loop_s"] * 1e3 /
+                                                  raptr["steps"] for p in pairs]),
         "mean_active_layers": raptr["mean_active_layers"],
         "expected_active_layers": raptr["expected_layer_fraction"] * L,
-        "raptr_fit": fit,
+        "plain_fit": result["plain"]["fit"], "raptr_fit": fit,
         "ideal_from_own_fit": ideal_speedup(fit["fixed_ms"], fit["per_layer_ms"], L,
                                             raptr["mean_active_layers"]),
         "loss_full_last20": full["final_loss_mean20"],
@@ -166,6 +205,10 @@ def parse(argv: Optional[List[str]] = None):
     p.add_argument("--data", default=None, help="prepared data (default: the built-in sample)")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--warmup", type=int, default=4, help="steps of an untimed warm-up engine")
+    p.add_argument("--pairs", type=int, default=3, help="full/RAPTR pairs, order alternating")
+    p.add_argument("--plain-steps", type=int, default=8,
+                   help="timed plain-PyTorch steps per k for the ideal")
+    p.add_argument("--plain-warmup", type=int, default=3)
     p.add_argument("--schedule", default="6-8-10-12")
     p.add_argument("--zero", type=int, default=2, choices=[0, 1, 2, 3])
     p.add_argument("--kernels", default="auto", choices=["eager", "fused", "compiled", "auto"])
@@ -187,6 +230,8 @@ def parse(argv: Optional[List[str]] = None):
     args.micro_batch, args.seq_len = args.micro_batch or batch, args.seq_len or seq
     if args.steps < 4:
         p.error("--steps: at least 4")
+    if args.pairs < 1 or args.plain_steps < 1 or args.plain_warmup < 0:
+        p.error("--pairs and --plain-steps: at least 1; --plain-warmup: at least 0")
     return args
 
 
@@ -202,11 +247,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)
-    s = result["summary"]
-    print(f"full {s['full_ms_per_step']:.1f} ms/step, raptr {s['raptr_ms_per_step']:.1f} ms/step "
-          f"({s['mean_active_layers']:.2f} layers on average): speedup {s['speedup']:.3f}x, "
-          f"ideal from the run's own t(k) {s['ideal_from_own_fit']:.3f}x", flush=True)
+    print(line(result["summary"]), flush=True)
     return 0
+
+
+def line(s: dict) -> str:
+    """One line: the pairs' speedups with their spread against the ideal."""
+    sp, ach = s["speedup"], s["achieved_over_ideal_spread"]
+    return (f"full {s['full_ms_per_step']['median']:.1f} ms/step, raptr "
+            f"{s['raptr_ms_per_step']['median']:.1f} ms/step ({s['mean_active_layers']:.2f} "
+            f"layers on average), {s['pairs']} pairs: speedup {sp['median']:.3f}x "
+            f"[{sp['min']:.3f}-{sp['max']:.3f}]; ideal {s['ideal']:.3f}x from this run's plain "
+            f"PyTorch t(k) ({s['ideal_from_line']:.3f}x from its line); achieved/ideal "
+            f"{ach['median']:.3f} [{ach['min']:.3f}-{ach['max']:.3f}]")
 
 
 if __name__ == "__main__":

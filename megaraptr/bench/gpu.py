@@ -6,18 +6,24 @@ Parts, each a subprocess with its own deadline (so a hang cannot eat the budget)
    then the step-time benchmark of BERT-base (12 x 768, masked MLM head, seq 512, batch 64) at
    k = 0, 6, 12 for plain PyTorch and ZeRO-2, ZeRO-1, ZeRO-3, each with ``eager`` and
    ``auto`` kernels (compiled blocks, or fused ones under ZeRO-3), bf16;
-2. ``e2e``: ~300 steps of RAPTR 6-8-10-12 against the full model, BERT-base, auto kernels,
-   real tokens (:mod:`megaraptr.bench.e2e`), under ZeRO-2 or ZeRO-1, whichever part 1 found
-   faster at the schedule's mean depth (3/4 of the layers);
-3. ``gpt``: the step-time benchmark of GPT-medium (24 x 1024, seq 1024, batch 16) at k = 0,
+2. ``e2e``: RAPTR 6-8-10-12 against the full model in three pairs of ~200 steps each, the
+   order alternating (full first, then RAPTR first, ...), BERT-base, auto kernels, real tokens,
+   with the ideal from the same process's plain-PyTorch t(k) at the same kernels
+   (:mod:`megaraptr.bench.e2e`), under ZeRO-2 or ZeRO-1, whichever part 1 found faster at the
+   schedule's mean depth (3/4 of the layers);
+3. ``host``: the host-overhead benchmark (:mod:`megaraptr.bench.host_overhead`: gpt-mini, one
+   sequence of 8 tokens, bf16; plain PyTorch, plain DeepSpeed and megaraptr at ZeRO 0/1/2 side
+   by side, with host syncs per step);
+4. ``gpt``: the step-time benchmark of GPT-medium (24 x 1024, seq 1024, batch 16) at k = 0,
    12, 24, as in part 1.
 
 Every part writes JSON under ``--out`` as it goes (a part cut short keeps what it measured);
-this driver then writes ``gpu_bench.json`` (everything, plus the ideal speedup of the schedule
-from part 1's plain-PyTorch costs) and prints a short table last. Data: the pre-tokenized slice
+this driver then writes ``gpu_bench.json`` (the summary, with every target) beside the parts'
+per-sample JSON (``bert.json``, ``e2e.json``, ``host.json``, ``gpt.json``) and prints a short
+table last. Commit all five (docs/gpu/<card>-<date>/): every figure in docs/ comes from one. Data: the pre-tokenized slice
 in ``.gpudata/`` (:mod:`megaraptr.bench.gpu_data`); the built-in sample when it is missing.
 
-    python -m megaraptr.bench.gpu --out out                     # GPU, about 4-5 minutes
+    python -m megaraptr.bench.gpu --out out                     # GPU, about 5-6 minutes
     python -m megaraptr.bench.gpu --out /tmp/gb --dry-run       # CPU, tiny sizes, a minute
 """
 from __future__ import annotations
@@ -31,20 +37,20 @@ import time
 from pathlib import Path
 from typing import List, Optional
 
-from megaraptr.bench import e2e, kernel_check, step_time
+from megaraptr.bench import e2e, host_overhead, kernel_check, step_time
 from megaraptr.bench.gpu_report import summarize, table
 
-PARTS = ("bert", "e2e", "gpt")
+PARTS = ("bert", "e2e", "host", "gpt")
 # per part: at most this many seconds; and the seconds kept for it while earlier parts run
-CAPS = {"bert": (150, 60), "e2e": (110, 80), "gpt": (600, 30)}
+CAPS = {"bert": (150, 60), "e2e": (200, 150), "host": (90, 60), "gpt": (600, 30)}
 GPU = {"bert": dict(model="bert", size="base", ks="0,6,12", data="bert-mlm"),
        "gpt": dict(model="gpt", size="medium", ks="0,12,24", data="gpt-causal"),
-       "steps": 8, "warmup": 3, "e2e_steps": 300, "schedule": "6-8-10-12"}
+       "steps": 8, "warmup": 3, "e2e_steps": 200, "pairs": 3, "schedule": "6-8-10-12"}
 DRY = {"bert": dict(model="bert", size="tiny", ks="0,2,4", data="bert-mlm",
                     extra=["--micro-batch", "4", "--seq-len", "32"]),
        "gpt": dict(model="gpt", size="tiny", ks="0,2,4", data="gpt-causal",
                    extra=["--micro-batch", "4", "--seq-len", "32"]),
-       "steps": 2, "warmup": 1, "e2e_steps": 12, "schedule": "2-3-4",
+       "steps": 2, "warmup": 1, "e2e_steps": 12, "pairs": 3, "schedule": "2-3-4",
        "e2e_extra": ["--micro-batch", "4", "--seq-len", "32"]}
 
 
@@ -54,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="tiny sizes on CPU, fp32")
     p.add_argument("--parts", default=",".join(PARTS), help="which parts, joined by commas")
     p.add_argument("--zero", default="2,1,3", help="ZeRO stages, in the order measured")
-    p.add_argument("--budget", type=float, default=285.0, help="seconds for all parts")
+    p.add_argument("--budget", type=float, default=390.0, help="seconds for all parts")
     p.add_argument("--deadline", type=float, default=None,
                    help="Unix time by which everything ends (overrides --budget)")
     p.add_argument("--data-dir", default=".gpudata")
@@ -117,11 +123,22 @@ def best_zero_stage(out: Path) -> int:
     return min(times)[1] if times else 2
 
 
+def run_host_part(args) -> None:
+    """Worker: the host-overhead benchmark (tiny on a dry run)."""
+    argv = ["--out", str(Path(args.out) / "host.json"), "--steps", "15", "--warmup", "2",
+            "--breakdown-steps", "4"]
+    argv += ["--device", "cpu", "--size", "tiny", "--vocab-size", "128", "--steps", "2",
+             "--warmup", "1", "--breakdown-steps", "1", "--zero", "0,1"] \
+        if args.dry_run else ["--device", "cuda", "--precision", "bf16"]
+    host_overhead.main(argv)
+
+
 def run_e2e_part(args, deadline: float) -> None:
 
     preset = DRY if args.dry_run else GPU
     argv = ["--model", "bert", "--size", preset["bert"]["size"], "--steps",
-            str(preset["e2e_steps"]), "--schedule", preset["schedule"],
+            str(preset["e2e_steps"]), "--pairs", str(preset["pairs"]),
+            "--schedule", preset["schedule"],
             "--zero", str(best_zero_stage(Path(args.out))),
             "--kernels", args.e2e_kernels, "--out", str(Path(args.out) / "e2e.json"),
             "--deadline", f"{deadline:.0f}",
@@ -160,6 +177,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.part:  # worker
         if args.part == "e2e":
             run_e2e_part(args, deadline - 5)
+        elif args.part == "host":
+            run_host_part(args)
         else:
             run_step_time_part(args, args.part, deadline - 3)
         return 0

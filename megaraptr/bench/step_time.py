@@ -4,11 +4,14 @@ For one model, size, precision and device it measures, in one run, the median st
 k = 0, L/4, L/2, 3L/4, L active layers (a fresh random subset of exactly k layers each step)
 under DeepSpeed+megaraptr at each requested ZeRO stage, and the same model as plain PyTorch
 (the ideal: no DeepSpeed, skipped layers get no gradient and no optimizer work). It prints the
-fixed and per-layer cost of each path (least squares t(k) = fixed + per_layer * k), the
-speedup t(L)/t(k) measured at each k, and efficiency = DeepSpeed speedup / plain speedup;
-the JSON (``--out``) holds every sample. The table comes last. ``--kernels eager,auto``
-measures every path once per kernels mode (paths ``zero2``, ``zero2+auto``, ...; efficiency is
-taken within a mode), and records the torch.compile graphs each path made (none while timed).
+fixed and per-layer cost of each path (least squares t(k) = fixed + per_layer * k) and, for a
+DeepSpeed path, its overhead against plain PyTorch with the same kernels: the per-layer ratio,
+the fixed-cost difference and t(k)/plain(k) at each k; and at each k the speedup t(L)/t(k)
+against the path's own ideal (t linear between its own t(k_min) and t(L)), flagging ks off that
+line (:mod:`megaraptr.bench.step_metrics`). The JSON (``--out``) holds every sample. The table
+comes last. ``--kernels eager,auto`` measures every path once per kernels mode (paths ``zero2``,
+``zero2+auto``, ...; compared within a mode), and records the torch.compile graphs each path
+made (none while timed).
 
 All ks are measured on one engine per ZeRO stage: the ks, ascending, are the stages of one
 ordinary raptr schedule (exact sampling, no fixed layers) after one untimed full-model step,
@@ -31,7 +34,8 @@ import platform
 import sys
 from typing import Callable, Dict, List, Optional
 
-from megaraptr.bench import timing
+from megaraptr.bench import step_metrics, timing
+from megaraptr.bench.step_time_report import path_name, report
 from megaraptr.bench.timing import ds_config
 from megaraptr.data import make_batches, resolve_data
 from megaraptr.errors import ConfigError, MegaraptrError
@@ -44,9 +48,9 @@ from megaraptr.runtime.distributed import init_distributed
 from megaraptr.tools.argparsing import OneLineParser, int_list
 
 PROG = "megaraptr-bench-step-time"
-# (micro batch, seq len) per size: base/medium as in docs/gpu.md, tiny/mini CPU-friendly.
-SHAPES = {"tiny": (8, 128), "mini": (8, 128), "base": (64, 512), "medium": (16, 1024),
-          "1.3b": (8, 1024), "1.6b": (8, 1024)}
+# (micro batch, seq len) per size: base/medium as in docs/gpu.md, tiny/mini/narrow CPU-friendly.
+SHAPES = {"tiny": (8, 128), "mini": (8, 128), "narrow": (8, 128), "base": (64, 512),
+          "medium": (16, 1024), "1.3b": (8, 1024), "1.6b": (8, 1024)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,68 +146,18 @@ def parse(argv: Optional[List[str]] = None):
     return args, plan
 
 
-def path_name(name: str, kernels: str) -> str:
-    """A path's key in the result: "zero2" under eager kernels, "zero2+auto" otherwise."""
-    return name if kernels == "eager" else f"{name}+{kernels}"
+def _medians(entry: dict) -> Dict[int, float]:
+    return {int(k): row["median_ms"] for k, row in entry["per_k"].items()}
 
 
-def _table(paths: dict, names: List[str], ks: List[int], plain: str) -> List[str]:
-    header = ["k"]
-    for name in names:
-        header += [f"{name} ms", "speedup"] + (["eff"] if name != plain else [])
-    rows = [header]
-    for k in ks:
-        row = [str(k)]
-        for name in names:
-            entry = paths[name]["per_k"][str(k)]
-            row += [f"{entry['median_ms']:.1f}", f"{entry['speedup']:.2f}x"]
-            if name != plain:
-                row.append(f"{entry['efficiency']:.3f}")
-        rows.append(row)
-    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
-    return [" | ".join(cell.rjust(w) for cell, w in zip(r, widths)) for r in rows]
-
-
-def report(result: dict) -> str:
-    """The text printed at the end: device, versions, config, fits, and the tables last (one
-    per kernels mode, the last mode's last).
-
-    Args:
-        result: what :func:`run` returned.
-    """
-    paths, ks = result["paths"], result["ks"]
-    c = result["config"]
-    lines = [f"device: {result['device']}; world size {result['world_size']}; torch "
-             f"{result['versions']['torch']}, deepspeed {result['versions']['deepspeed']}",
-             f"config: {c['model']}-{c['size']} (L={result['num_layers']}), {c['precision']}, "
-             f"micro batch {c['micro_batch']} x seq {c['seq_len']} per rank, skipped layers "
-             f"{c['skipped_layers']}, {c['steps']} timed + {c['warmup']} warmup steps per k, "
-             f"kernels {', '.join(c['kernels_modes'])}"]
-    ok = [n for n in paths if "error" not in paths[n]]
-    for name in ok:
-        fit, kernels = paths[name]["fit"], paths[name].get("kernels") or {}
-        mode = f" [{kernels['mode']}, {kernels.get('optimizer')}, " \
-            f"{paths[name].get('compiled_graphs', 0)} graphs compiled, " \
-            f"{paths[name].get('compiled_graphs_while_timed', 0)} while timed]" \
-            if kernels.get("mode", "eager") != "eager" else ""
-        lines.append(f"{name}: fixed {fit['fixed_ms']:.2f} ms + {fit['per_layer_ms']:.2f} ms "
-                     f"per layer{mode}")
-        for k in ks:
-            phases = paths[name]["per_k"][str(k)].get("phases_median_ms")
-            if phases:
-                lines.append(f"  k={k} phases (ms): " + ", ".join(
-                    f"{n} {v:.1f}" for n, v in phases.items()))
-    lines += [f"{n}: not measured: {paths[n]['error']}" for n in paths if n not in ok]
-    modes = c["kernels_modes"]
-    for mode in modes:
-        plain = path_name("plain", mode)
-        names = [n for n in ok if paths[n]["kernels_mode"] == mode]
-        if plain not in names:
-            continue
-        if len(modes) > 1:
-            lines.append(f"kernels {mode}:")
-        lines += _table(paths, names, ks, plain)
-    return "\n".join(lines)
+def compare(entry: dict, plain: Optional[dict], L: int) -> None:
+    """Add to a summarized path its speedup against its own ideal at each k and, given its
+    plain path, its overhead against plain PyTorch (:mod:`megaraptr.bench.step_metrics`)."""
+    rows = step_metrics.per_k(_medians(entry), L, _medians(plain) if plain else None)
+    for k, row in rows.items():
+        entry["per_k"][str(k)].update({key: row[key] for key in row if key != "median_ms"})
+    if plain:
+        entry["vs_plain"] = step_metrics.overhead_vs_plain(entry["fit"], plain["fit"])
 
 
 def run(args, plan, on_path: Optional[Callable[[dict], None]] = None,
@@ -283,10 +237,9 @@ def run(args, plan, on_path: Optional[Callable[[dict], None]] = None,
                                f"failed: {type(err).__name__}: {message}"[:300])
             continue
         entry = dict(step_profile.summarize(raw, plan.num_layers), **head)
+        compare(entry, plain if stage is not None else None, plan.num_layers)
         if stage is not None:
             entry["ds_config"] = timing.ds_config(mode_plan, stage)
-            for k, row in entry["per_k"].items():
-                row["efficiency"] = row["speedup"] / plain["per_k"][k]["speedup"]
         paths[name] = entry
         if on_path:
             on_path(result)

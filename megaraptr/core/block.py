@@ -12,6 +12,11 @@ A transformer block takes part by being marked (:func:`mark_block`) and by decor
 
 The engine calls :func:`set_layer_mask` once per optimizer step; it is the only setter. The
 mask lives in two plain attributes of each block (not buffers, not in the state_dict).
+
+Mistakes are loud: :func:`check_block_contract` (run by ``megaraptr.initialize`` before
+anything is built) refuses a marked block whose forward is not skippable, and each skip counts
+itself (``block.raptr_skips``), so the engine can check on the first step that skips layers that
+every skipped block really took its skip branch.
 """
 from __future__ import annotations
 
@@ -21,6 +26,13 @@ from typing import Callable, List, Optional, Sequence
 from torch import nn
 
 from megaraptr.core.mask import LayerMask
+from megaraptr.errors import ConfigError
+
+SKIPPABLE = "raptr_skippable"
+"""Set on a forward that returns its input when the block is skipped (:func:`skippable`)."""
+DELEGATES = "raptr_skip_delegated"
+"""A block class sets this True when its forward delegates to a skippable one (the pipeline's
+block, which unpacks its activation tuple and calls the reference block's forward)."""
 
 
 def mark_block(block: nn.Module, layer_id: int) -> nn.Module:
@@ -29,6 +41,7 @@ def mark_block(block: nn.Module, layer_id: int) -> nn.Module:
     block.raptr_active = True
     block.raptr_scale = 1.0
     block.raptr_present = True
+    block.raptr_skips = 0  # skip branches taken: counted, so a skip that ran anyway is caught
     return block
 
 
@@ -79,7 +92,38 @@ def skippable(forward: Callable) -> Callable:
     @functools.wraps(forward)
     def wrapped(self, hidden, *args, **kwargs):
         if is_skipped(self):
+            self.raptr_skips += 1
             return hidden
         return forward(self, hidden, *args, **kwargs)
 
+    setattr(wrapped, SKIPPABLE, True)
     return wrapped
+
+
+def forwards_skippably(block: nn.Module) -> bool:
+    """Whether calling ``block`` goes through a skippable forward (its own, an instance's, or
+    one its class delegates to)."""
+    forward = getattr(block.forward, "__func__", block.forward)
+    return bool(getattr(forward, SKIPPABLE, False) or getattr(type(block), DELEGATES, False))
+
+
+def check_block_contract(blocks: Sequence[nn.Module]) -> None:
+    """Refuse a marked block whose forward is not skippable (it would run when skipped).
+
+    Raises:
+        ConfigError: naming the block's class and the decorator.
+    """
+    for block in blocks:
+        if not forwards_skippably(block):
+            cls = type(block)
+            raise ConfigError("model", f"{cls.__module__}.{cls.__qualname__} (layer "
+                              f"{block.layer_id}) is marked with megaraptr.mark_block but its "
+                              "forward is not decorated with @megaraptr.skippable, so a skipped "
+                              "layer would still run; allowed: decorate the forward with "
+                              "@megaraptr.skippable")
+
+
+def unskipped(blocks: Sequence[nn.Module], skips_before: Sequence[int]) -> List[nn.Module]:
+    """Of ``blocks`` (skipped on a step), those whose skip count did not grow since
+    ``skips_before``: their forward ran although they were skipped."""
+    return [b for b, n in zip(blocks, skips_before) if b.raptr_skips <= n]

@@ -28,6 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from megaraptr.errors import ConfigError
 
+BLOCK_KEY = "raptr"
+"""The ds_config's top-level key of megaraptr's block."""
 _STRICT = ConfigDict(extra="forbid", strict=True, frozen=True, use_attribute_docstrings=True)
 _DEPTHS = re.compile(r"^\s*\d+(\.\d+)?(\s*-\s*\d+(\.\d+)?)*\s*$")
 
@@ -205,6 +207,25 @@ class RaptrConfig(BaseModel):
     importable, fused AdamW; "compiled": "fused" with each block's active computation
     compiled once (no recompiles across subsets); "auto": the fastest available path for the
     device and ZeRO stage."""
+    on_nonfinite: Literal["stop", "skip_step"] = "stop"
+    """What a diverged step does, whether or not "enabled": a step whose training loss is not
+    finite on some rank, or whose gradient norm is not (fp16's loss-scaler overflows excepted:
+    they stay DeepSpeed's, retried with a smaller scale). "stop": every rank stops after the
+    step with one line naming it (exit code 3); nothing is saved from then on, so the newest
+    checkpoint stays the last good one. "skip_step": the step's update is dropped (weights and
+    optimizer state as before it) while its batch, subnetwork and LR step are
+    consumed, and training goes on; more than max_consecutive_skips dropped steps in a row stop
+    as "stop" does. Not with pipelines."""
+    max_consecutive_skips: int = Field(default=10, ge=1)
+    """Under "skip_step": the most diverged steps in a row that are dropped before the run
+    stops (exit code 3)."""
+    loss_spike_factor: Optional[float] = Field(default=None, gt=1.0)
+    """Also treat a step as diverged when its loss (mean over ranks) is more than this many
+    times the running mean of the previous steps' losses (after loss_spike_window steps);
+    None (the default) turns the spike check off."""
+    loss_spike_window: int = Field(default=100, ge=1)
+    """Steps in the running mean of the spike check: their plain mean over the first steps,
+    then an exponential mean with weight 1/loss_spike_window per step."""
 
     @property
     def effective_fixed_layers(self) -> List[int]:
@@ -304,3 +325,37 @@ def load_ds_config(config: Union[str, os.PathLike, dict]) -> dict:
     if not isinstance(loaded, dict):
         raise ConfigError("deepspeed_config", f"{path} must hold a JSON object")
     return loaded
+
+
+def _edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance (insertions, deletions, substitutions)."""
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]
+
+
+def check_block_key(ds_config: dict) -> None:
+    """Refuse a top-level key that is a misspelt "raptr" (DeepSpeed ignores unknown keys, so
+    ``"raptor": {...}`` would silently train the full model).
+
+    Raises:
+        ConfigError: naming the key.
+    """
+    for key in ds_config:
+        if isinstance(key, str) and key != BLOCK_KEY and _edit_distance(key.lower(), BLOCK_KEY) <= 2:
+            raise ConfigError(key, 'unknown top-level key; did you mean "raptr"? DeepSpeed '
+                              "ignores unknown keys, so this block would be dropped silently")
+
+
+def scheduler_warmup_note(ds_config: dict, total_steps: int) -> Optional[str]:
+    """A warning when the ds_config's LR scheduler warms up for the whole run (or longer)."""
+    params = (ds_config.get("scheduler") or {}).get("params") or {}
+    warmup = params.get("warmup_num_steps")
+    if isinstance(warmup, int) and not isinstance(warmup, bool) and warmup >= total_steps:
+        return (f"warning: scheduler.params.warmup_num_steps {warmup} is not below the run's "
+                f"{total_steps} steps: the learning rate warms up for the whole run and never "
+                "reaches its peak or decays")
+    return None

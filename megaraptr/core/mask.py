@@ -6,6 +6,7 @@ and :meth:`LayerMask.to_bytes` is its canonical encoding for digests and cross-r
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 from dataclasses import dataclass
@@ -24,17 +25,20 @@ class LayerMask:
 
     @classmethod
     def full(cls, num_layers: int) -> "LayerMask":
-        return cls((True,) * num_layers, (1.0,) * num_layers)
+        """The all-active mask: one shared object per depth, so that a step can tell in O(1)
+        that the mask it is given is the one already applied."""
+        return _full(cls, num_layers)
 
-    @property
+    # computed once per mask (a mask is a value: its fields never change)
+    @functools.cached_property
     def num_active(self) -> int:
         return sum(self.active)
 
-    @property
+    @functools.cached_property
     def active_ids(self) -> Tuple[int, ...]:
         return tuple(i for i, on in enumerate(self.active) if on)
 
-    @property
+    @functools.cached_property
     def skipped_ids(self) -> Tuple[int, ...]:
         return tuple(i for i, on in enumerate(self.active) if not on)
 
@@ -44,6 +48,11 @@ class LayerMask:
 
     def __str__(self) -> str:
         return "".join("#" if on else "." for on in self.active)
+
+
+@functools.lru_cache(maxsize=None)
+def _full(cls, num_layers: int) -> LayerMask:
+    return cls((True,) * num_layers, (1.0,) * num_layers)
 
 
 class MaskDigest:

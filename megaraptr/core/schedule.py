@@ -114,7 +114,9 @@ def full_schedule(num_layers: int, total_steps: int) -> Schedule:
 def check_run(num_layers: int, total_steps: int, warmup: int = 0) -> None:
     """One-line errors for a model without layers, an empty run, or a warmup filling it."""
     if num_layers < 1:
-        raise ConfigError("model", f"needs at least one layer, got {num_layers}")
+        raise ConfigError("model", f"needs at least one layer, got {num_layers}: mark each "
+                          "transformer block with megaraptr.mark_block(block, layer_id) and "
+                          "decorate its forward with @megaraptr.skippable")
     if total_steps < 1:
         raise ConfigError("train_steps", f"must be at least 1, got {total_steps}")
     if warmup >= total_steps:

@@ -20,8 +20,7 @@ from typing import Sequence
 
 from torch import nn
 
-from megaraptr.kernels.compile import (compile_block, dynamo_counts, fuse_block,
-                                       supports_fast_path)
+from megaraptr.kernels.compile import compile_block, dynamo_counts, fuse_block, supports_fast_path
 from megaraptr.kernels.layernorm import swap_layer_norms
 from megaraptr.kernels.optim import fused_optimizer
 from megaraptr.kernels.select import MODES, KernelPlan, check_mode, resolve_kernels

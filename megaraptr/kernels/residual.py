@@ -9,9 +9,11 @@
 - a 0-d float32 tensor (the fast paths of :mod:`megaraptr.kernels`): inside a compiled graph
   the PyTorch expression, which inductor fuses into its own kernel, and one graph serves every
   value of the scale (a float would be baked into the graph: one recompile per value); in
-  eager mode on CUDA with Triton, :func:`triton_scaled_add`, one pass that computes in float32
-  and rounds once (backward: ``grad_x = grad``, ``grad_branch = scale * grad``, one pass);
-  elsewhere :func:`fallback_scaled_add`.
+  eager mode on CUDA with Triton, :func:`triton_scaled_add`, one pass that computes in float32:
+  a bfloat16 result is rounded once (eager rounds the product to bfloat16 first, then the sum),
+  a float32 one is the product and the sum each rounded in float32, as eager (unless the GPU
+  compiler fuses them into one FMA); backward: ``grad_x = grad``, ``grad_branch = scale *
+  grad``, one pass; elsewhere :func:`fallback_scaled_add`.
 """
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, Union
 
-from megaraptr.core.config import RaptrConfig, load_ds_config, validate_schema
+from megaraptr.core.config import RaptrConfig, check_block_key, load_ds_config, validate_schema
 from megaraptr.core.schedule import Schedule, check_run, full_schedule, resolve_fixed_layers
 from megaraptr.errors import ConfigError
 from megaraptr.methods.base import Method
@@ -77,6 +77,7 @@ def _check_method(config: RaptrConfig, block: dict) -> None:
 def split_ds_config(config: Union[str, os.PathLike, dict]) -> tuple[RaptrConfig, dict]:
     """Split a DeepSpeed config into the validated raptr block and the rest for DeepSpeed."""
     ds_config = load_ds_config(config)
+    check_block_key(ds_config)
     return parse_raptr_block(ds_config.pop("raptr", None)), ds_config
 
 

@@ -28,7 +28,6 @@ from megaraptr.core.stage import Stage
 from megaraptr.errors import ConfigError
 from megaraptr.methods.base import Method
 
-
 RECIPE_GAMMA, RECIPE_STEPS = 0.001, 200_000
 """DeepSpeed's BERT PLD recipe: the decay rate and the run length it was tuned for."""
 DEFAULT_THETA_BAR = 0.5

@@ -35,7 +35,7 @@ from typing import Optional, Sequence
 import torch
 from torch import nn
 
-from megaraptr.core.block import is_skipped, mark_block, residual_scale
+from megaraptr.core.block import SKIPPABLE, is_skipped, mark_block, residual_scale
 from megaraptr.errors import ConfigError
 from megaraptr.models import SIZES
 
@@ -76,6 +76,7 @@ class _Format:
 def _raptr_forward(self, *args, **kwargs):
     """The adapted layer's forward: the class's forward, or the layer's input when skipped."""
     if is_skipped(self):
+        self.raptr_skips += 1
         return self.raptr_format.skip(self, args[0] if args else kwargs["hidden_states"])
     if self.training and self.raptr_scale != 1.0 and not self.raptr_branches:
         raise ConfigError("raptr.scaling", f"{type(self).__name__} was adapted without known "
@@ -83,6 +84,9 @@ def _raptr_forward(self, *args, **kwargs):
     output = type(self).forward(self, *args, **kwargs)  # HF's checkpointing wrapper included
     self.raptr_format.learn(output)
     return output
+
+
+setattr(_raptr_forward, SKIPPABLE, True)  # the block contract's skip branch (core.block)
 
 
 def _scale_branch(layer: nn.Module, module: nn.Module, inputs, output):

@@ -79,6 +79,8 @@ class Positions(nn.Module):
 class PipeBlock(Block):
     """The reference block; BERT's ``(hidden, labels)`` activation passes through."""
 
+    raptr_skip_delegated = True  # forward unpacks the tuple and calls Block's skippable forward
+
     def __init__(self, cfg: ModelConfig, layer_id: int, *, causal: bool):
         super().__init__(cfg, layer_id, causal=causal)
         init_weights(self, cfg.num_layers)

@@ -12,12 +12,14 @@ shape of ``deepspeed.initialize``)::
 blocks, runs forward/backward on every micro-batch with that one subnetwork, and lets
 DeepSpeed step; under ``"skipped_layers": "freeze"`` the optimizer leaves skipped layers alone.
 The clock is ``global_steps - skipped_steps``: an fp16 step skipped for overflow does not
-advance the schedule, and the next call retries the same step with the same subnetwork.
+advance the schedule, and the next call retries the same step with the same subnetwork. Each
+step ends in one all-reduce over all ranks (:func:`megaraptr.runtime.divergence.reduce_step`:
+the mean loss, the caller's ``votes``) from which the divergence guard (``raptr.on_nonfinite``)
+stops the run or drops the step's update, the same way on every rank.
 """
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Optional, Sequence
 
@@ -30,8 +32,13 @@ from megaraptr.core.mask import LayerMask, MaskDigest
 from megaraptr.core.sampler import SubnetworkSampler
 from megaraptr.core.schedule import Schedule, rewarm_multiplier
 from megaraptr.core.stage import Stage
-from megaraptr.runtime import compat, consistency, resume_state, surface
-from megaraptr.runtime.layer_copy import copy_layers, copy_optimizer_state, reset_optimizer_state
+from megaraptr.errors import DivergenceError
+from megaraptr.runtime import compat, consistency, resume_state, surface, tp
+from megaraptr.runtime.divergence import DivergenceGuard, StepReduction, reduce_step, weights_finite
+from megaraptr.runtime.layer_copy import grow
+from megaraptr.runtime.lr_scale import scale_lr_once
+from megaraptr.runtime.skip_probe import SkipProbe
+from megaraptr.runtime.step_result import StepResult, loss_of
 from megaraptr.runtime.zero.groups import FrozenLayers, clear_stale_zero3_grads, has_layer_groups
 from megaraptr.runtime.zero.norm import install_layer_norm
 from megaraptr.runtime.zero.prefetch import SubnetworkTrace
@@ -41,30 +48,6 @@ NOT_INSTALLED = MappingProxyType({"mode": "eager", "requested": "eager",
                                   "optimizer": "as configured",
                                   "reason": "not installed (pipelines run eager kernels)"})
 """The kernels report of an engine no kernels were installed on (copied per engine)."""
-
-
-@dataclass
-class StepResult:
-    """What one optimizer step did."""
-
-    step: int
-    stage: Stage
-    mask: LayerMask
-    loss: float
-    """Mean training loss over the micro-batches of this rank."""
-    applied: bool
-    """False when the optimizer skipped the step (fp16 overflow)."""
-    keep_prob: float = 1.0
-    """The step's keep probability (PLD: theta(t); stacking: depth / L)."""
-
-
-def loss_of(output) -> torch.Tensor:
-    """The loss in a model's output: a tensor, ``output.loss`` or ``output["loss"]``."""
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, dict):
-        return output["loss"]
-    return output.loss
 
 
 class RaptrEngine:
@@ -87,9 +70,6 @@ class RaptrEngine:
     def __init__(self, ds_engine, *, config: RaptrConfig, schedule: Schedule, seed: int,
                  partitions=None, kernels: Optional[dict] = None, tensor_parallel=None):
         self.ds = ds_engine
-        self.tp = tensor_parallel
-        """The run's :class:`megaraptr.runtime.tp.ParallelGroups` under tensor parallelism
-        (T > 1), else None."""
         self.kernels = dict(kernels or NOT_INSTALLED)  # per engine, never shared
         self.config = config
         self.schedule = schedule
@@ -99,16 +79,20 @@ class RaptrEngine:
         self.deepspeed_patches = dict(compat.PROCESS_PATCHES)
         """Each DeepSpeed patch megaraptr considered: "active" or "fallback: <reason>" (a
         source differs from DeepSpeed 0.19.8's: DeepSpeed's own path runs); runtime.compat."""
-        if tensor_parallel is not None:  # checked before the model was split, recorded here
-            compat.require(self.deepspeed_patches, "tp_grad_norm")
+        self.tp = tp.attach(tensor_parallel, self.deepspeed_patches)  # ParallelGroups or None
         self.trace = SubnetworkTrace(ds_engine, self.blocks) if self.zero_stage == 3 and \
             compat.guard(self.deepspeed_patches, "zero3_prefetch") else None
         self.private_clear = self.zero_stage == 3 and \
             compat.guard(self.deepspeed_patches, "zero3_stale_grads")
         self.digest = MaskDigest()
+        self.skip_probe = SkipProbe(self.blocks, ds_engine.device)
+        self._applied_mask: Optional[LayerMask] = None
+        """The mask on the blocks and the freezer now (None: unknown, apply the next one)."""
         self.active_layer_steps = 0
         """Sum over applied steps of the number of layers that ran."""
         self.freeze_skipped = config.trains_subnetworks and config.skipped_layers == "freeze"
+        self.guard = DivergenceGuard(config, fp16=ds_engine.fp16_enabled())
+        """What a diverged step does (``raptr.on_nonfinite``); saved in checkpoints."""
         if config.trains_subnetworks:
             methods.get(config.method).check_engine(
                 fp16=ds_engine.fp16_enabled(), zero_stage=ds_engine.zero_optimization_stage())
@@ -122,10 +106,14 @@ class RaptrEngine:
         if self.freezer is not None and not self.is_pipeline:  # pipelines: DeepSpeed's own
             self.fast_norm = install_layer_norm(ds_engine.optimizer, lambda: self.freezer.frozen,
                                                 self.deepspeed_patches)
-            if self.freeze_skipped:
+            if self.freeze_skipped:  # with megaraptr's norm nothing reads a frozen gradient
                 self.fast_step = install_frozen_step(ds_engine.optimizer,
                                                      lambda: self.freezer.frozen,
-                                                     self.deepspeed_patches)
+                                                     self.deepspeed_patches,
+                                                     epilogue=self.fast_norm)
+        if self.guard.decides_before_update:  # after the freezer: it wraps the same step
+            compat.require(self.deepspeed_patches, "nonfinite_skip_step")
+            self.guard.install(ds_engine.basic_optimizer or ds_engine.optimizer)
 
     def __getattr__(self, name):  # only names not found on the engine itself get here
         return surface.forwarded(self.__dict__.get("ds"), type(self).__name__, name)
@@ -133,13 +121,7 @@ class RaptrEngine:
     is_pipeline = False
     """True in :class:`megaraptr.runtime.pipe.engine.RaptrPipelineEngine` (the blocks of one stage)."""
     check_group = property(lambda self: self.ds.data_parallel_group if self.tp is None else None)
-    """The ranks that must agree on the subnetwork: the data-parallel group; every rank
-    under tensor parallelism (its T shards too) and in pipelines."""
-
-    @property
-    def tensor_parallel_size(self) -> int:
-        """T: the ranks each layer is split over (1 without tensor parallelism)."""
-        return 1 if self.tp is None else self.tp.tensor_size
+    """The ranks that must agree on the subnetwork (under TP and in pipelines: every rank)."""
 
     @property
     def seed(self) -> int:
@@ -188,39 +170,67 @@ class RaptrEngine:
             copies = self.schedule.policy.stage_start_copies(self.schedule, stage)
             if copies:
                 self.copy_layers(copies)
-        set_layer_mask(self.blocks, mask)
+        if mask is not self._applied_mask:  # O(1) while the mask stays (the full model's)
+            set_layer_mask(self.blocks, mask)
+            if self.freeze_skipped:
+                self.freezer.set_frozen(mask.skipped_ids)
+            self._applied_mask = mask
+        self.skip_probe.arm(mask)  # the first step that skips layers only
         if self.trace is not None:
             self.trace.prepare(mask.active)
-        if self.freeze_skipped:
-            self.freezer.set_frozen(mask.skipped_ids)
         return step, stage, mask
 
-    def train_step(self, micro_batches: Sequence[dict]) -> StepResult:
+    def train_step(self, micro_batches: Sequence[dict],
+                   votes: Sequence[float] = ()) -> StepResult:
         """One optimizer step over ``gradient_accumulation_steps`` micro-batches (dicts of
-        model keyword arguments), all on the same subnetwork."""
+        model keyword arguments), all on the same subnetwork.
+
+        Args:
+            votes: numbers to sum over all ranks in the step's one all-reduce (e.g. 1.0 where
+                a signal arrived); the sums come back in ``StepResult.votes``.
+
+        Raises:
+            DivergenceError: the step diverged and ``raptr.on_nonfinite`` says stop.
+        """
         expected = self.ds.gradient_accumulation_steps()
         if len(micro_batches) != expected:
             raise ValueError(f"train_step needs {expected} micro-batches (gradient_accumulation_"
                              f"steps), got {len(micro_batches)}")
         step, stage, mask = self.begin_step()
         self.ds.train()
+        skipped_before = self.ds.skipped_steps
         total = torch.zeros((), device=self.ds.device)
+        reduced = None
         for i, batch in enumerate(micro_batches):
             loss = loss_of(self.ds(**batch))
             self.ds.backward(loss)
+            total += loss.detach().float()
             restore = None
             if i == expected - 1:
                 self._before_optimizer_step(mask)
+                if self.guard.decides_before_update:  # every rank knows the loss first
+                    reduced = reduce_step(total / expected, votes, self.ds.device)
+                    self.guard.before_update(reduced)
                 restore = self._rewarm_lr(step, stage)
             self.ds.step()
             if restore:
                 restore()
-            total += loss.detach().float()
-        return self._result(step, stage, mask, float(total) / expected)
+        reduced = reduced or reduce_step(total / expected, votes, self.ds.device)
+        return self._finish(step, stage, mask, reduced.local_loss, reduced, skipped_before)
+
+    def _finish(self, step: int, stage: Stage, mask: LayerMask, loss: float,
+                reduced: StepReduction, skipped_before: int) -> StepResult:
+        """Judge step ``step`` (raptr.on_nonfinite: may raise) once DeepSpeed has run it, then
+        account for it (:meth:`_result`)."""
+        dropped = self.guard.judge(step, reduced, self.ds, skipped_before)
+        result = self._result(step, stage, mask, loss)
+        result.mean_loss, result.votes, result.dropped = reduced.mean_loss, reduced.votes, dropped
+        return result
 
     def _result(self, step: int, stage: Stage, mask: LayerMask, loss: float) -> StepResult:
         """Account for step ``step`` once DeepSpeed has run it: the run's digest and layer
         count move only when the optimizer applied it (not on an fp16 overflow)."""
+        self.skip_probe.verify(step)
         applied = self.applied_steps == step
         if applied:
             self.digest.update(step, mask)
@@ -232,34 +242,14 @@ class RaptrEngine:
         no LR scheduler overwrites it after the step."""
         factor = rewarm_multiplier(step, stage.first_step, stage.index,
                                    self.config.stage_lr_rewarm_steps, self.first_staged)
-        if factor == 1.0:
-            return None
-        groups = self.ds.optimizer.param_groups
-        saved = [(g, g["lr"], g["lr"] * factor) for g in groups]
-        for group, _, scaled in saved:
-            group["lr"] = scaled
-
-        def undo():
-            for group, lr, scaled in saved:
-                if group["lr"] == scaled:
-                    group["lr"] = lr
-        return undo
+        return scale_lr_once(self.ds.optimizer, factor)
 
     def copy_layers(self, copies) -> None:
         """Copy layer ``source`` onto layer ``target`` for each (target, source), in the module
         and in the optimizer's fp32 master weights, on every rank (stacking's growth); the
         optimizer state follows ``"stacking": {"optimizer_state"}``."""
-        copy_layers(self.ds, self.blocks, copies)
-        mode = (self.config.stacking or StackingSpec()).optimizer_state
-        if mode == "fresh" or self.freezer is None:
-            return
-        basic = self.ds.basic_optimizer
-        compat.require(self.deepspeed_patches, "stacking_optimizer_state")
-        if mode == "copy":
-            copy_optimizer_state(self.ds.optimizer, basic, copies)
-        else:
-            reset_optimizer_state(basic)
-        self.freezer.forget_state()  # DeepSpeed re-links its state views after the next update
+        grow(self.ds, self.blocks, copies, (self.config.stacking or StackingSpec()).optimizer_state,
+             self.freezer, self.deepspeed_patches)
 
     def _before_optimizer_step(self, mask: LayerMask) -> None:
         """Gradients are reduced; the optimizer has not run: mend what ZeRO-3 left stale.
@@ -280,6 +270,7 @@ class RaptrEngine:
         eval_mask = self.schedule.policy.eval_mask(self.sampler, self.applied_steps)
         if eval_mask is not None:  # stacking: the model that exists now
             set_layer_mask(self.blocks, eval_mask)
+            self._applied_mask = None  # the next step applies its own again
         self.ds.eval()
         try:
             yield
@@ -316,7 +307,14 @@ class RaptrEngine:
 
     def save_checkpoint(self, save_dir: str, tag: Optional[str] = None,
                         client_state: Optional[dict] = None, **kwargs) -> bool:
-        """DeepSpeed's checkpoint with megaraptr's state under ``client_state["raptr"]``."""
+        """DeepSpeed's checkpoint with megaraptr's state under ``client_state["raptr"]``.
+
+        Raises:
+            DivergenceError: some weight is not finite (on any rank): nothing is written.
+        """
+        if not weights_finite(self.ds.module, self.ds.device):
+            raise DivergenceError(f"step {self.applied_steps}: non-finite weights; checkpoint "
+                                  f"{tag or 'of this step'} not written")
         state = dict(client_state or {}, raptr=resume_state.raptr_state(self))
         return self.ds.save_checkpoint(save_dir, tag=tag, client_state=state, **kwargs)
 
@@ -324,7 +322,4 @@ class RaptrEngine:
                         override_schedule: bool = False, **kwargs):
         """Load a checkpoint and megaraptr's state; refuse a different schedule unless
         ``override_schedule``. Returns (path, client_state) like DeepSpeed."""
-        resume_state.check_before_load(self, load_dir, tag)  # e.g. another T: refused here
-        path, client_state = self.ds.load_checkpoint(load_dir, tag=tag, **kwargs)
-        resume_state.restore_raptr_state(self, path, client_state, override_schedule)
-        return path, client_state
+        return resume_state.load(self, load_dir, tag, override_schedule, **kwargs)

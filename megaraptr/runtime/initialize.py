@@ -6,26 +6,25 @@ each layer its own optimizer parameter groups, and wraps DeepSpeed's engine in
 :class:`megaraptr.runtime.engine.RaptrEngine`.
 
 With ``"tensor_parallel": {"autotp_size": T}`` (T > 1) in the config, megaraptr makes the
-T x D process groups (:class:`megaraptr.runtime.tp.ParallelGroups`), splits every block over
-its tensor-parallel group (:func:`megaraptr.runtime.tp.apply_tensor_parallel`) and hands
-DeepSpeed the groups as its ``mpu``, and the config without that block (DeepSpeed's AutoTP
-would split the model a second time).
+T x D process groups, splits every block over its tensor-parallel group and hands DeepSpeed
+the groups as its ``mpu`` (:func:`megaraptr.runtime.tp.split_for_data_parallel`).
 """
 from __future__ import annotations
 
 import copy
+import warnings
 from typing import Optional
 
 import torch
 
 from megaraptr import methods
-from megaraptr.core.block import find_blocks
-from megaraptr.errors import ConfigError
+from megaraptr.core.block import check_block_contract, find_blocks
+from megaraptr.core.config import scheduler_warmup_note
+from megaraptr.errors import ConfigError, RunWarning
 from megaraptr.kernels import apply_kernels, fused_optimizer, resolve_kernels
-from megaraptr.planning.layout import check_layout, check_tensor_parallel, tensor_parallel_size
-from megaraptr.runtime import compat
+from megaraptr.runtime.distributed import init_distributed
 from megaraptr.runtime.engine import RaptrEngine
-from megaraptr.runtime.tp import ParallelGroups, apply_tensor_parallel
+from megaraptr.runtime.tp import split_for_data_parallel
 from megaraptr.runtime.zero.groups import has_layer_groups, layer_param_groups
 
 
@@ -46,8 +45,12 @@ def initialize(args=None, model=None, optimizer=None, model_parameters=None,
             part; a pipeline run's plan reproduces its subnetworks without a pipeline).
         Other arguments go to ``deepspeed.initialize`` unchanged.
 
+    Without a process group (a plain ``python my_loop.py``, no launcher) it starts a
+    one-process group itself; under torchrun or the deepspeed launcher, DeepSpeed's.
+
     Raises:
-        ConfigError: a bad raptr block or schedule, before DeepSpeed builds anything.
+        ConfigError: a bad raptr block or schedule, a marked block whose forward is not
+            skippable, before DeepSpeed builds anything.
     """
     import deepspeed
 
@@ -56,11 +59,18 @@ def initialize(args=None, model=None, optimizer=None, model_parameters=None,
     if config is None:
         raise ConfigError("config", "a DeepSpeed config (dict or JSON path) is required")
     raptr_config, ds_config = methods.split_ds_config(config)
+    ds_config = unsynchronised_throughput_timer(ds_config)
     blocks = find_blocks(model)
+    check_block_contract(blocks)
     schedule = methods.build_schedule(raptr_config, num_layers=len(blocks), total_steps=total_steps)
-    tensor, ds_config = _tensor_parallel(model, blocks, ds_config, ds_kwargs)
+    if not torch.distributed.is_initialized():  # a plain `python my_loop.py`: one process
+        init_distributed()  # (DeepSpeed's own start-up would look for MPI and fail)
+    note = scheduler_warmup_note(ds_config, total_steps)
+    if note is not None:
+        warnings.warn(note, RunWarning, stacklevel=2)
+    tp_groups, ds_config = split_for_data_parallel(model, blocks, ds_config, ds_kwargs)
     kernels, ds_config, optimizer = _install_kernels(raptr_config.kernels, model, blocks,
-                                                     ds_config, optimizer, tensor)
+                                                     ds_config, optimizer, tp_groups)
     if isinstance(optimizer, torch.optim.Optimizer):
         if raptr_config.trains_subnetworks and raptr_config.skipped_layers == "freeze" and \
                 not has_layer_groups(optimizer):
@@ -77,37 +87,28 @@ def initialize(args=None, model=None, optimizer=None, model_parameters=None,
         training_data=training_data, lr_scheduler=lr_scheduler, config=ds_config, **ds_kwargs)
     engine = RaptrEngine(ds_engine, config=raptr_config, schedule=schedule,
                          seed=raptr_config.sampler_seed(seed), partitions=partitions,
-                         kernels=kernels, tensor_parallel=ds_kwargs.get("mpu") if tensor else None)
+                         kernels=kernels, tensor_parallel=tp_groups)
     return engine, ds_optimizer, dataloader, scheduler
 
 
-def _tensor_parallel(model, blocks, ds_config: dict, ds_kwargs: dict):
-    """Split ``model`` over its tensor-parallel group when the config asks for T > 1; returns
-    (whether it did, the config DeepSpeed gets). Sets ``ds_kwargs["mpu"]``."""
-    import torch.distributed as dist
-
-    tensor = tensor_parallel_size(ds_config)
-    if tensor == 1:
-        return False, ds_config
-    check_tensor_parallel(ds_config, tensor=tensor)
-    compat.require(None, "tp_grad_norm")  # DeepSpeed's norms must count shards as expected
-    if ds_kwargs.get("mpu") is not None:
-        raise ConfigError("tensor_parallel.autotp_size", "megaraptr makes the tensor-parallel "
-                          "groups itself: pass no mpu")
-    groups = ParallelGroups(check_layout(world=dist.get_world_size(), tensor=tensor))
-    apply_tensor_parallel(model, rank=groups.tensor_index, size=tensor,
-                          group=groups.tensor_group, blocks=blocks)
-    ds_kwargs["mpu"] = groups
-    return True, {k: v for k, v in ds_config.items() if k != "tensor_parallel"}
+def unsynchronised_throughput_timer(ds_config: dict) -> dict:
+    """DeepSpeed's throughput timer synchronizes the device twice per step by default (when
+    forward starts and when step ends: two stalls of the GPU queue per step, whatever the
+    model). Unless the config has a "timers" block, megaraptr keeps the timer with
+    ``"synchronized": false``: its samples/s over ``steps_per_print`` steps are the same once
+    the queue is full, and the host runs ahead of the device as it would without the timer."""
+    if "timers" in ds_config:
+        return ds_config
+    return dict(ds_config, timers={"throughput": {"enabled": True, "synchronized": False}})
 
 
-def _install_kernels(mode: str, model, blocks, ds_config: dict, optimizer, tensor: bool = False):
+def _install_kernels(mode: str, model, blocks, ds_config: dict, optimizer, tp_groups=None):
     """Resolve the "kernels" setting for this device and ZeRO stage and install it on the
     model and the optimizer; returns (report, ds_config, optimizer) (megaraptr.kernels)."""
     from deepspeed.accelerator import get_accelerator
 
     stage = int((ds_config.get("zero_optimization") or {}).get("stage", 0))
-    size = blocks[0].tp_size if tensor and blocks else 1
+    size = 1 if tp_groups is None else tp_groups.tensor_size
     plan = resolve_kernels(mode, device=get_accelerator().device_name(), zero_stage=stage,
                            tensor_parallel=size)
     installed = apply_kernels(model, blocks, plan)

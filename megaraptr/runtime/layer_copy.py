@@ -30,6 +30,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import torch
 
+from megaraptr.runtime import compat
 from megaraptr.runtime.zero.groups import GROUP_KEY
 
 
@@ -106,3 +107,19 @@ def reset_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
     """Drop every layer's optimizer state: each group's next update starts from zero moments
     and step 0, as at the start of training."""
     optimizer.state.clear()
+
+
+def grow(ds_engine, blocks: Sequence[torch.nn.Module], copies: Sequence[Tuple[int, int]],
+         optimizer_state: str, freezer, patches: dict) -> None:
+    """Stacking's growth: :func:`copy_layers`, then the new layers' optimizer state as
+    ``"stacking": {"optimizer_state"}`` says ("fresh", "copy" or "reset_all")."""
+    copy_layers(ds_engine, blocks, copies)
+    if optimizer_state == "fresh" or freezer is None:
+        return
+    basic = ds_engine.basic_optimizer
+    compat.require(patches, "stacking_optimizer_state")
+    if optimizer_state == "copy":
+        copy_optimizer_state(ds_engine.optimizer, basic, copies)
+    else:
+        reset_optimizer_state(basic)
+    freezer.forget_state()  # DeepSpeed re-links its state views after the next update

@@ -13,11 +13,16 @@ on every call, so each step sends all its scalars at once. Tags, all indexed by 
 ``raptr/layer_flops_fraction`` cumulative layer FLOPs relative to full-model training
 ``eval/loss``                  full-model held-out loss (at evaluation steps)
 =============================  ===========================================================
+
+``megaraptr-train`` writes them; in your own loop :class:`StepMonitor` does
+(``megaraptr.StepMonitor``). DeepSpeed's own engine adds ``Train/Samples/lr`` (and, with
+fp16, ``Train/Samples/loss_scale``), indexed by samples, not steps.
 """
 from __future__ import annotations
 
 import os
-from typing import List, Optional, Tuple
+import time
+from typing import List, Optional, Sequence, Tuple
 
 Event = Tuple[str, float, int]
 
@@ -54,3 +59,53 @@ def write(engine, events: List[Event]) -> None:
     monitor = getattr(engine, "monitor", None)
     if events and monitor is not None and monitor.enabled:
         monitor.write_events(events)
+
+
+def current_lr(engine) -> float:
+    """The learning rate of the step just taken (the scheduler's, else the first group's)."""
+    scheduler = engine.lr_scheduler
+    return scheduler.get_last_lr()[0] if scheduler else engine.optimizer.param_groups[0]["lr"]
+
+
+class StepMonitor:
+    """The training command's TensorBoard scalars, for your own loop.
+
+    ::
+
+        monitor = megaraptr.StepMonitor(engine, tokens_per_step=micro * seq_len * ranks)
+        for step in ...:
+            result = engine.train_step(micro_batches)
+            loss = monitor.step(result)        # train/* and raptr/*; the mean loss of all ranks
+        monitor.eval(engine.applied_steps, engine.evaluate(val_batches))   # eval/loss
+
+    Every rank calls :meth:`step` (it averages the loss over the data-parallel ranks, one
+    all-reduce); DeepSpeed writes from rank 0 only, where the config has a "tensorboard"
+    (or csv/wandb) block. Tokens per second are measured between calls unless ``seconds``
+    is given.
+
+    Args:
+        engine: the :class:`~megaraptr.runtime.engine.RaptrEngine`.
+        tokens_per_step: tokens of all ranks per optimizer step (0: no throughput scalar).
+    """
+
+    def __init__(self, engine, *, tokens_per_step: int = 0):
+        self.engine, self.tokens_per_step = engine, tokens_per_step
+        self._last = time.perf_counter()
+
+    def step(self, result, *, seconds: Optional[float] = None,
+             extra: Sequence[Event] = ()) -> float:
+        """Write one step's scalars; returns its training loss averaged over the ranks."""
+        now = time.perf_counter()
+        elapsed = seconds if seconds is not None else now - self._last
+        self._last = now
+        loss = self.engine.mean_over_ranks(result.loss)
+        tps = self.tokens_per_step / elapsed if self.tokens_per_step and elapsed > 0 else 0.0
+        write(self.engine, step_events(result, loss=loss, lr=current_lr(self.engine),
+                                       tokens_per_sec=tps,
+                                       layer_flops_fraction=self.engine.layer_flops_fraction())
+              + list(extra))
+        return loss
+
+    def eval(self, step: int, loss: float) -> None:
+        """Write a full-model held-out loss (``engine.evaluate``) at applied step ``step``."""
+        write(self.engine, eval_events(step, loss))

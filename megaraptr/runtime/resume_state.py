@@ -8,6 +8,9 @@ restores ``global_steps``). What the step cannot give is the run's history and i
   layer-FLOPs fraction;
 - ``seed`` and ``schedule`` (fingerprint and description): a resume under a different
   schedule, seed or run length is refused unless the caller overrides it explicitly;
+- ``guard``: the divergence guard's counts and running loss mean
+  (:class:`megaraptr.runtime.divergence.DivergenceGuard`), so a resumed run drops and stops
+  where the uninterrupted one would (absent in older checkpoints: a fresh guard);
 - ``tensor_parallel`` (only when T > 1, so other checkpoints are unchanged): each rank's files
   hold its shards, so a resume under another T is refused.
 """
@@ -19,6 +22,7 @@ import os
 from typing import Optional
 
 from megaraptr.errors import CheckpointError
+from megaraptr.runtime.tp.setup import tensor_size
 
 VERSION = 1
 
@@ -40,17 +44,18 @@ def raptr_state(engine) -> dict:
         "digest": engine.digest.hexdigest,
         "active_layer_steps": engine.active_layer_steps,
         "config": engine.config.model_dump(),
+        "guard": engine.guard.state(),
         "pipeline": None if not getattr(engine, "is_pipeline", False) else {
             "costs": dataclasses.asdict(engine.costs), "layer_parts": list(engine.layer_parts),
             "num_stages": engine.num_stages},
     }
-    tensor = getattr(engine, "tensor_parallel_size", 1)
+    tensor = tensor_size(engine)
     if tensor > 1:
         state["tensor_parallel"] = tensor
     return state
 
 
-def check_tensor_parallel(state: Optional[dict], tensor: int, where: str) -> None:
+def check_saved_tensor_parallel(state: Optional[dict], tensor: int, where: str) -> None:
     """Refuse a checkpoint written under another tensor-parallel size.
 
     Raises:
@@ -133,8 +138,18 @@ def check_before_load(engine, load_dir: str, tag: Optional[str]) -> None:
         found = find_checkpoint(load_dir, tag)
     except CheckpointError:
         return
-    check_tensor_parallel(read_raptr_state(found), getattr(engine, "tensor_parallel_size", 1),
+    check_saved_tensor_parallel(read_raptr_state(found), tensor_size(engine),
                           found)
+
+
+def load(engine, load_dir: str, tag: Optional[str], override_schedule: bool, **kwargs):
+    """``engine.ds.load_checkpoint`` between megaraptr's checks: what can be refused before
+    DeepSpeed reads anything (:func:`check_before_load`), then the schedule and the run's
+    history (:func:`restore_raptr_state`). Returns (path, client_state) like DeepSpeed."""
+    check_before_load(engine, load_dir, tag)
+    path, client_state = engine.ds.load_checkpoint(load_dir, tag=tag, **kwargs)
+    restore_raptr_state(engine, path, client_state, override_schedule)
+    return path, client_state
 
 
 def restore_raptr_state(engine, path: Optional[str], client_state: Optional[dict],
@@ -149,7 +164,7 @@ def restore_raptr_state(engine, path: Optional[str], client_state: Optional[dict
         raise CheckpointError("no checkpoint was loaded (DeepSpeed found none)")
     state = (client_state or {}).get("raptr")
     check_compatible(state, engine.schedule, engine.seed, path, override_schedule)
-    check_tensor_parallel(state, getattr(engine, "tensor_parallel_size", 1), path)
+    check_saved_tensor_parallel(state, tensor_size(engine), path)
     if state is None:
         return
     if state["applied_steps"] != engine.applied_steps:
@@ -157,3 +172,4 @@ def restore_raptr_state(engine, path: Optional[str], client_state: Optional[dict
                               f"DeepSpeed restored step {engine.applied_steps}")
     engine.digest.hexdigest = state["digest"]
     engine.active_layer_steps = int(state["active_layer_steps"])
+    engine.guard.restore(state.get("guard"))

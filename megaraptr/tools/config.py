@@ -38,6 +38,7 @@ from megaraptr.errors import MegaraptrError
 from megaraptr.models import MODELS, SIZES
 from megaraptr.planning.balance import Costs, imbalance, plan_partitions
 from megaraptr.planning.step_costs import stage_rows
+from megaraptr.tools import config_suggest
 from megaraptr.tools.argparsing import OneLineParser
 from megaraptr.tools.config_check import Checked, check, resolve_costs, run_summary, table
 from megaraptr.tools.config_sweep import add_arguments, sweep
@@ -49,9 +50,10 @@ def explain(opts, extra: List[str]) -> List[str]:
     """The lines ``explain`` prints."""
 
     checked = check(opts.file, model=opts.model, size=opts.size, train_steps=opts.train_steps,
-                    pipeline_stages=opts.pipeline_stages, extra=extra,
+                    pipeline_stages=opts.pipeline_stages, extra=extra, layers=opts.layers,
                     world_size=opts.world_size)
     costs = resolve_costs(opts, checked)
+    unit = costs.unit if costs is not None else "ms"
     schedule, raptr = checked.schedule, checked.raptr
     fixed = [i for i in range(schedule.num_layers) if i in schedule.stages[-1].fixed]
     lines = [f"config: {checked.path}", f"run: {run_summary(checked)}",
@@ -59,23 +61,28 @@ def explain(opts, extra: List[str]) -> List[str]:
              f"{raptr.skipped_layers}" if raptr.trains_subnetworks else "raptr: off"]
     if checked.layout is not None:
         lines.append(parallel_line(checked.layout))
+    lines += [f"note: {note}" for note in checked.notes]
     if costs is None:
-        lines.append(f"costs: none known for {opts.model}-{opts.size}; give --costs "
-                     "layer=MS,fixed=MS or --profile for step times and speedups")
+        hint = "--hidden H (a FLOP estimate from your model's shape)" if opts.layers else \
+            "--profile"
+        lines.append(f"costs: none known for {checked.label}; give --costs layer=MS,fixed=MS "
+                     f"or {hint} for step times and speedups")
     else:
-        lines.append(f"costs: t(k) = {costs.fixed:.4g} ms + {costs.per_layer:.4g} ms x k active "
-                     f"layers; {costs.source}")
+        lines.append(f"costs: t(k) = {costs.fixed:.4g} {unit} + {costs.per_layer:.4g} {unit} x "
+                     f"k active layers; {costs.source}")
     rows = stage_rows(schedule, costs)
     columns = [("stage", "stage", "{}"), ("steps", "steps", "{}"), ("keep p", "keep_prob", "{}"),
                ("E[layers]", "expected_layers", "{:.2f}"), ("layer FLOPs", "layer_flops", "{:.3f}")]
     if costs is not None:
-        columns += [("step ms", "step_ms", "{:.1f}"), ("ideal speedup", "ideal_speedup",
-                                                       "{:.3f}x")]
+        step_format = "{:.1f}" if unit == "ms" else "{:.4g}"
+        columns += [(f"step {unit}", "step_ms", step_format),
+                    ("ideal speedup", "ideal_speedup", "{:.3f}x")]
     lines += [""] + table(rows, columns) + [""]
     whole = rows[-1]
     lines.append(f"whole run: layer FLOPs {whole['layer_flops']:.3f} of full training "
                  f"({1 / whole['layer_flops']:.3f}x fewer)" + (
-                     f"; ideal wall-clock speedup {whole['ideal_speedup']:.3f}x" if costs else ""))
+                     f"; ideal {'wall-clock' if unit == 'ms' else 'FLOP-bound'} speedup "
+                     f"{whole['ideal_speedup']:.3f}x" if costs else ""))
     if opts.pipeline_stages:
         lines += pipeline_lines(checked, opts.pipeline_stages)
     return lines
@@ -119,11 +126,18 @@ def build_parser() -> argparse.ArgumentParser:
              "sweep": "write a grid of configs and an index for a tuning run"}
     parsers = {}
     for name, text in helps.items():
-        s = sub.add_parser(name, help=text, description=text)
+        s = sub.add_parser(name, help=text, description=text,
+                           formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         s.add_argument("file", metavar="FILE", help="DeepSpeed JSON config (give it first: "
                        "training flags after it pass through to the checks)")
-        s.add_argument("--model", choices=sorted(MODELS), default="bert")
+        s.add_argument("--model", default="bert", metavar="MODEL",
+                       help=f"{', '.join(sorted(MODELS))}, or hf:bert, hf:gpt2, hf:llama, "
+                            "hf:PATH (as megaraptr-train takes)")
         s.add_argument("--size", choices=list(SIZES), default=None)
+        if name != "sweep":
+            s.add_argument("--layers", type=int, default=None, metavar="N",
+                           help="your own model of N marked blocks (megaraptr.initialize's "
+                                "checks) instead of --model/--size")
         s.add_argument("--pipeline-stages", type=int, default=0, metavar="N")
         s.add_argument("--world-size", type=int, default=None, metavar="N",
                        help="ranks of the run (tensor parallelism; default T x P)")
@@ -138,6 +152,22 @@ def build_parser() -> argparse.ArgumentParser:
     e = parsers["explain"]
     e.add_argument("--profile", action="store_true", help="measure the costs here: plain "
                    "PyTorch steps at k = 0, L/2, L of one micro-batch of random tokens")
+    e.add_argument("--hidden", type=int, default=None, metavar="H",
+                   help="with --layers: your model's width, for a FLOP-proportional cost estimate")
+    e.add_argument("--ffn", type=int, default=None, metavar="F", help="with --hidden (default 4H)")
+    e.add_argument("--seq-len", type=int, default=1024, metavar="T", help="with --hidden")
+    e.add_argument("--vocab-size", type=int, default=50304, metavar="V", help="with --hidden")
+    e.add_argument("--mlm", action="store_true",
+                   help="with --hidden: the head runs on the 15%% masked tokens only (BERT)")
+    g = sub.add_parser("suggest", help="a RAPTR schedule for a depth and a layer-FLOPs target",
+                       description=config_suggest.__doc__.split("\n")[0],
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g.add_argument("--layers", type=int, required=True, metavar="N", help="the model's depth")
+    g.add_argument("--flops", type=float, default=0.75, metavar="F",
+                   help="target fraction of full training's layer FLOPs")
+    g.add_argument("--stages", type=int, default=4, metavar="S", help="equal stages (at most)")
+    g.add_argument("--train-steps", type=int, default=100_000, metavar="N",
+                   help="the run length the schedule is checked against")
     e.add_argument("--device", choices=["cpu", "cuda"], default=None)
     e.add_argument("--profile-steps", type=int, default=None, metavar="N",
                    help="timed steps per k (cpu 3, cuda 10)")
@@ -152,8 +182,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         if opts.command == "validate":
             checked = check(opts.file, model=opts.model, size=opts.size,
                             train_steps=opts.train_steps, pipeline_stages=opts.pipeline_stages,
-                            extra=extra, world_size=opts.world_size)
+                            extra=extra, layers=opts.layers, world_size=opts.world_size)
             lines = [f"ok: {checked.path}: {run_summary(checked)}"]
+            lines += [f"note: {note}" for note in checked.notes]
+        elif opts.command == "suggest":
+            lines = config_suggest.suggest(opts.layers, opts.flops, opts.stages, opts.train_steps)
         elif opts.command == "explain":
             lines = explain(opts, extra)
         else:

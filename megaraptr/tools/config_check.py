@@ -11,12 +11,12 @@ from dataclasses import dataclass
 from typing import List, Optional
 
 from megaraptr import methods
-from megaraptr.core.config import load_ds_config
+from megaraptr.core.config import load_ds_config, scheduler_warmup_note
 from megaraptr.errors import ConfigError
-from megaraptr.methods import build_schedule, parse_raptr_block
-from megaraptr.models import SIZES, num_layers
-from megaraptr.planning.layout import tensor_parallel_size
-from megaraptr.planning.step_costs import REFERENCE, parse_costs, profile
+from megaraptr.methods import build_schedule, parse_raptr_block, split_ds_config
+from megaraptr.models import SIZES
+from megaraptr.planning.layout import check_layout, check_tensor_parallel, tensor_parallel_size
+from megaraptr.planning.step_costs import REFERENCE, flop_costs, parse_costs, profile
 from megaraptr.tools.preflight import validate
 from megaraptr.tools.train_args import TrainFlags, parse_args
 
@@ -26,13 +26,18 @@ class Checked:
     """A config that passed training's checks, with what they resolved."""
 
     path: str
-    args: TrainFlags
-    """The training flags it was checked under (``megaraptr.tools.train_args.parse_args``)."""
+    args: Optional[TrainFlags]
+    """The training flags it was checked under (``megaraptr.tools.train_args.parse_args``);
+    None for your own model (``--layers N``: ``megaraptr.initialize``'s checks)."""
     raptr: object
     ds_config: dict
     schedule: object
     steps_from: str
     """Where the run length came from ("--train-steps" or the scheduler's total_num_steps)."""
+    label: str = ""
+    """The model, as printed: ``bert-base`` or ``your model``."""
+    notes: tuple = ()
+    """Warnings the checks raised (e.g. an LR warmup as long as the run)."""
     layout: object = None
     """The TP x PP x DP layout under tensor parallelism (megaraptr.planning.layout.Layout)."""
 
@@ -54,35 +59,60 @@ def size_needed(raptr) -> ConfigError:
     return ConfigError("--size", f"required; sizes: {sizes}")
 
 
+def _run_length(ds_config: dict, train_steps: Optional[int]):
+    if train_steps is not None:
+        return train_steps, "--train-steps"
+    steps = config_steps(ds_config)
+    if steps is None:
+        raise ConfigError("--train-steps", "required: the config has no whole-number "
+                          "scheduler.params.total_num_steps")
+    return steps, "scheduler.params.total_num_steps"
+
+
 def check(path: str, *, model: str, size: Optional[str], train_steps: Optional[int] = None,
           pipeline_stages: int = 0, extra: Optional[List[str]] = None,
-          world_size: Optional[int] = None) -> Checked:
-    """Run training's checks on ``path`` for the run these flags describe (``world_size``:
-    default tensor parallel x pipeline stages, one data-parallel replica).
+          layers: Optional[int] = None, world_size: Optional[int] = None) -> Checked:
+    """Run training's checks on ``path`` for the run these flags describe; with ``layers``,
+    the checks ``megaraptr.initialize`` makes for your own model of that many blocks
+    (``world_size``: default tensor parallel x pipeline stages, one data-parallel replica).
 
     Raises:
         ConfigError (and the other MegaraptrErrors training raises): the line training prints.
     """
-
+    if layers is not None:
+        return check_own(path, layers=layers, train_steps=train_steps)
     ds_config = load_ds_config(path)
     if size is None:
         raise size_needed(parse_raptr_block(ds_config.get("raptr")))
-    steps, steps_from = train_steps, "--train-steps"
-    if steps is None:
-        steps, steps_from = config_steps(ds_config), "scheduler.params.total_num_steps"
-        if steps is None:
-            raise ConfigError("--train-steps", "required: the config has no whole-number "
-                              "scheduler.params.total_num_steps")
+    steps, steps_from = _run_length(ds_config, train_steps)
     argv = ["--deepspeed_config", str(path), "--model", model, "--size", size,
             "--train-steps", str(steps), "--pipeline-stages", str(pipeline_stages)]
     flags = parse_args(argv + list(extra or []))
     if world_size is None:
         world_size = tensor_parallel_size(ds_config) * max(pipeline_stages, 1)
     plan = validate(flags, world_size)
-    schedule = build_schedule(plan.raptr, num_layers=num_layers(size),
+    schedule = build_schedule(plan.raptr, num_layers=plan.num_layers,
                               total_steps=flags.train_steps)
     return Checked(str(path), flags, plan.raptr, plan.ds_config, schedule, steps_from,
-                   plan.layout)
+                   f"{flags.model}-{flags.size}", plan.notes, plan.layout)
+
+
+def check_own(path: str, *, layers: int, train_steps: Optional[int],
+              world_size: Optional[int] = None) -> Checked:
+    """What ``megaraptr.initialize`` checks for your own model of ``layers`` marked blocks
+    (under tensor parallelism: the config and the layout; whether your blocks can be split is
+    known only when initialize sees them)."""
+    if layers < 1:
+        raise ConfigError("--layers", f"{layers}; allowed: 1 or more (your model's blocks)")
+    raptr, ds_config = split_ds_config(path)
+    steps, steps_from = _run_length(ds_config, train_steps)
+    schedule = build_schedule(raptr, num_layers=layers, total_steps=steps)
+    tensor = tensor_parallel_size(ds_config)
+    check_tensor_parallel(ds_config, tensor=tensor)
+    layout = check_layout(world=world_size or tensor, tensor=tensor) if tensor > 1 else None
+    note = scheduler_warmup_note(ds_config, steps)
+    return Checked(str(path), None, raptr, ds_config, schedule, steps_from, "your model",
+                   (note,) if note else (), layout)
 
 
 def describe_method(raptr, schedule) -> str:
@@ -98,16 +128,18 @@ def describe_method(raptr, schedule) -> str:
 
 def run_summary(checked: Checked) -> str:
     args, ds = checked.args, checked.ds_config
+    steps = checked.schedule.total_steps
     precision = "bf16" if (ds.get("bf16") or {}).get("enabled") else \
         "fp16" if (ds.get("fp16") or {}).get("enabled") else "fp32"
     zero = (ds.get("zero_optimization") or {}).get("stage", 0)
-    parts = [f"{args.model}-{args.size} ({checked.schedule.num_layers} layers), "
-             f"{args.train_steps:,} steps ({checked.steps_from})",
+    pipeline = args.pipeline_stages if args is not None else 0
+    parts = [f"{checked.label} ({checked.schedule.num_layers} layers), "
+             f"{steps:,} steps ({checked.steps_from})",
              f"{describe_method(checked.raptr, checked.schedule)}, layer FLOPs "
              f"{checked.schedule.expected_flops_fraction():.3f} of full",
              f"ZeRO-{zero}, {precision}, {ds.get('train_micro_batch_size_per_gpu', '?')} "
              f"sequences x {ds.get('gradient_accumulation_steps', 1)} accumulation per GPU"
-             + (f", pipeline of {args.pipeline_stages} stages" if args.pipeline_stages else "")
+             + (f", pipeline of {pipeline} stages" if pipeline else "")
              + (f", {checked.layout.describe()}" if checked.layout is not None else "")]
     return "; ".join(parts)
 
@@ -118,6 +150,11 @@ def resolve_costs(opts, checked: Checked):
     if opts.costs:
         return parse_costs(opts.costs)
     args = checked.args
+    if args is None:  # your own model: from its shape, when given
+        if not getattr(opts, "hidden", None):
+            return None
+        return flop_costs(opts.hidden, seq_len=opts.seq_len, vocab_size=opts.vocab_size,
+                          mlm=opts.mlm, ffn=opts.ffn or 0)
     if getattr(opts, "profile", False):
         import torch
 

@@ -4,8 +4,9 @@
 ``megaraptr-config validate``) runs for ``"tensor_parallel": {"autotp_size": T}``: the world
 size against T x P, the model's attention heads (key-value heads too) and FFN width against T,
 and what tensor parallelism does not run with (ZeRO-3, fp16, compiled kernels, DeepSpeed's
-activation checkpointing, models other than the reference BERT/GPT, hf:gpt2 and hf:llama, a
-checkpoint written under another T). Each failure is one line naming the key or flag.
+activation checkpointing, models other than the reference BERT/GPT, hf:gpt2 and hf:llama).
+Each failure is one line naming the key or flag. A checkpoint written under another T is
+refused where the resume point is known (``validate``, for --load DIR and --load auto alike).
 """
 from __future__ import annotations
 
@@ -17,8 +18,6 @@ from megaraptr.models import SIZES
 from megaraptr.models.hf import hf_config, is_hf
 from megaraptr.planning.layout import (KEY, Layout, check_layout, check_shape,
                                        check_tensor_parallel, tensor_parallel_size)
-from megaraptr.runtime.resume_state import check_tensor_parallel as check_checkpoint
-from megaraptr.runtime.resume_state import find_checkpoint, read_raptr_state
 from megaraptr.tools.train_args import TrainFlags
 
 HF_FAMILIES = ("gpt2", "llama")
@@ -57,7 +56,7 @@ def check_parallel(flags: TrainFlags, ds_config: dict,
         world: the world size (default: the launcher's ``WORLD_SIZE``, else 1).
 
     Raises:
-        ConfigError, CheckpointError: the one line training prints (exit 2).
+        ConfigError: the one line training prints (exit 2).
     """
     tensor = tensor_parallel_size(ds_config)
     if tensor == 1:
@@ -69,7 +68,4 @@ def check_parallel(flags: TrainFlags, ds_config: dict,
     if flags.activation_checkpointing == "deepspeed":
         raise ConfigError("--activation-checkpointing", f'"deepspeed" with {KEY} {tensor} is '
                           "not supported; allowed: none, torch")
-    if flags.load:
-        path = find_checkpoint(flags.load)
-        check_checkpoint(read_raptr_state(path), tensor, path)
     return layout

@@ -34,8 +34,8 @@ from megaraptr.planning.balance import Costs, imbalance
 from megaraptr.planning.profiling import measure_costs
 from megaraptr.runtime.distributed import device as accelerator_device
 from megaraptr.runtime.pipe import engine as pipeline, repartition
-from megaraptr.runtime.resume_state import find_checkpoint, read_raptr_state
-from megaraptr.runtime.tp import apply_tensor_parallel
+from megaraptr.runtime.resume_state import read_raptr_state
+from megaraptr.runtime.tp import apply_tensor_parallel, pipeline_groups
 from megaraptr.tools.preflight import RunPlan
 from megaraptr.tools.train_data import RunData
 
@@ -55,10 +55,10 @@ class PipelineRun:
                                 seq_len=flags.seq_len, dropout=flags.dropout)
         self.num_parameters = sum(p.numel() for p in reference.parameters())
         self.cfg = reference.cfg
-        resumed = read_raptr_state(find_checkpoint(flags.load)) if flags.load else None
+        resumed = read_raptr_state(plan.resume_from) if plan.resume_from else None
         self.resumed = resumed or {}
         """megaraptr's state in the checkpoint being resumed (empty for a new run)."""
-        self.groups = pipeline.tensor_parallel_groups(self.ds_config, flags.pipeline_stages)
+        self.groups = pipeline_groups(self.ds_config, flags.pipeline_stages)
         """The tensor-parallel groups (None without tensor parallelism), made once per run."""
         self.costs, self.cost_source = self._costs(plan.raptr, reference, data.prepared)
         self._reference = reference
@@ -97,8 +97,9 @@ class PipelineRun:
             layer_parts=layer_parts, first_step=self.resumed.get("applied_steps", 0) + 1,
             groups=self.groups)
 
-    def load(self, load_dir: str) -> dict:
-        _, client_state = repartition.load(self.engine, load_dir)
+    def load(self, checkpoint: str) -> dict:
+        load_dir, tag = os.path.split(os.path.normpath(checkpoint))
+        _, client_state = repartition.load(self.engine, load_dir, tag)
         return client_state or {}
 
     def save(self, save_dir: str, tag: str, client_state: dict) -> None:

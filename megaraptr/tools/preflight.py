@@ -3,8 +3,9 @@
 :func:`validate` runs before the process group, the data cache or the model exist: the model
 name and size, the raptr block and its schedule against the model's depth and the run's length,
 the pipeline, tensor-parallel layout (:mod:`megaraptr.tools.parallel_check`), kernels and
-objective flags, and a checkpoint to resume (its schedule, seed and objective). Every failure is one line naming the flag or key and what is allowed (exit 2 from
-the command line). ``megaraptr-config validate`` runs the same function.
+objective flags, and a checkpoint to resume (its schedule, seed, objective and tensor-parallel
+size). Every failure is one line naming the flag or key and what is allowed (exit 2 from the
+command line). ``megaraptr-config validate`` runs the same function.
 What it resolves comes back as one frozen :class:`RunPlan` (model facts, the DeepSpeed config
 with what the run decides filled in by :func:`prepare_ds_config`, the sampler seed, the notes
 to print), built once and read by every later part of the run; the flags are never written.
@@ -17,7 +18,7 @@ from typing import Optional, Tuple
 
 import torch
 
-from megaraptr.core.config import RaptrConfig
+from megaraptr.core.config import RaptrConfig, scheduler_warmup_note
 from megaraptr.data.ul2 import paper_mixture
 from megaraptr.errors import ConfigError
 from megaraptr.kernels import resolve_kernels
@@ -26,8 +27,12 @@ from megaraptr.models import DATA_KIND, MODELS, num_layers
 from megaraptr.models.hf import data_kind, hf_config, is_hf, model_label
 from megaraptr.planning.layout import Layout, tensor_parallel_size
 from megaraptr.runtime.pipe.engine import check_pipeline
-from megaraptr.runtime.resume_state import check_compatible, find_checkpoint, read_raptr_state
+from megaraptr.runtime.resume_state import (check_compatible, check_saved_tensor_parallel,
+                                            read_raptr_state)
+from megaraptr.tools.output_checks import (MONITORS, check_job_name, check_summary_path,
+                                           safe_job_name)
 from megaraptr.tools.parallel_check import check_parallel
+from megaraptr.tools.resume_point import resume_point
 from megaraptr.tools.train_args import TrainFlags
 
 
@@ -53,6 +58,9 @@ class RunPlan:
     """What the run changed in the config, printed once it starts."""
     layout: Optional[Layout] = None
     """The TP x PP x DP layout under tensor parallelism (None without it)."""
+    resume_from: Optional[str] = None
+    """The checkpoint folder the run resumes from (--load DIR, or --load auto's pick); None:
+    a fresh start."""
 
 
 def prepare_ds_config(flags: TrainFlags, ds_config: dict, *, method: str,
@@ -73,9 +81,15 @@ def prepare_ds_config(flags: TrainFlags, ds_config: dict, *, method: str,
         if before not in (None, "auto", flags.train_steps):
             notes.append(f"scheduler.params.total_num_steps {before} -> {flags.train_steps} "
                          "(--train-steps)")
+    warmup = scheduler_warmup_note(ds_config, flags.train_steps)
+    if warmup is not None:
+        notes.append(warmup)
+    for block in MONITORS:  # a folder under output_path: one plain name
+        if "job_name" in (ds_config.get(block) or {}):
+            check_job_name(block, ds_config[block]["job_name"])
     board = ds_config.get("tensorboard")
     if board is not None and "job_name" not in board:
-        board["job_name"] = f"{label}-{flags.size}-{method}-seed{flags.seed}"
+        board["job_name"] = safe_job_name(f"{label}-{flags.size}-{method}-seed{flags.seed}")
     return ds_config, tuple(notes)
 
 
@@ -123,11 +137,13 @@ def validate(flags: TrainFlags, world_size: Optional[int] = None) -> RunPlan:
     if flags.exit_at_step is not None and not 1 <= flags.exit_at_step <= flags.train_steps:
         raise ConfigError("--exit-at-step",
                           f"{flags.exit_at_step} is outside 1..{flags.train_steps}")
+    check_outputs(flags, raptr_config, ds_config)
     sampler_seed = raptr_config.sampler_seed(flags.seed)  # the one place it is resolved
-    if flags.load:
-        path = find_checkpoint(flags.load)
-        check_compatible(read_raptr_state(path), schedule, sampler_seed, path,
-                         flags.override_raptr_schedule)
+    path = resume_point(flags)  # --load DIR, or --load auto: --save's newest (None: fresh)
+    if path:
+        state = read_raptr_state(path)
+        check_compatible(state, schedule, sampler_seed, path, flags.override_raptr_schedule)
+        check_saved_tensor_parallel(state, tensor_parallel_size(ds_config), path)
         saved = (read_raptr_state(path, "train") or {}).get("objective", "causal")
         if flags.model == "gpt" and saved != flags.objective:
             raise ConfigError("--objective", f"{flags.objective}, but {path} was trained with "
@@ -135,12 +151,27 @@ def validate(flags: TrainFlags, world_size: Optional[int] = None) -> RunPlan:
     ds_config["raptr"] = raptr_config.model_dump(exclude_none=True)
     method = method_name(raptr_config)
     ds_config, notes = prepare_ds_config(flags, ds_config, method=method, label=label)
-    if layout is not None:
-        notes += (f"tensor_parallel: {layout.describe()} (megaraptr's Megatron-style layers; "
-                  "DeepSpeed gets the process groups, not AutoTP)",)
+    if flags.load == "auto":
+        notes += (f"--load auto: resuming from {path}" if path else
+                  f"--load auto: no checkpoint under {flags.save} yet: a fresh start",)
     return RunPlan(flags=flags, raptr=raptr_config, ds_config=ds_config, num_layers=depth,
                    data_kind=kind, model_label=label, method=method,
-                   sampler_seed=sampler_seed, notes=notes, layout=layout)
+                   sampler_seed=sampler_seed, notes=notes, resume_from=path,
+                   layout=layout)
+
+
+def check_outputs(flags: TrainFlags, raptr_config: RaptrConfig, ds_config: dict) -> None:
+    """--summary's path, the save flags, and a divergence mode DeepSpeed can carry out."""
+    if flags.summary:
+        check_summary_path(flags.summary)
+    if flags.save_every_minutes and not flags.save:
+        raise ConfigError("--save-every-minutes", "needs --save DIR to write the checkpoints")
+    bf16 = ds_config.get("bf16") or ds_config.get("bfloat16") or {}
+    if raptr_config.on_nonfinite == "skip_step" and bf16.get("enabled") and \
+            bf16.get("check_grad_overflow") is False:
+        raise ConfigError("raptr.on_nonfinite", '"skip_step" needs DeepSpeed to skip steps '
+                          'whose gradient norm is not finite: remove "check_grad_overflow": '
+                          'false from the "bf16" block, or use "stop"')
 
 
 def check_objective(flags: TrainFlags) -> None:

@@ -14,6 +14,8 @@ from typing import List, Optional, Tuple
 
 from megaraptr.models import MODELS, SIZES
 
+DEFAULT_SAVE_INTERVAL = 1000
+"""--save-interval's default: a long run loses at most this many steps to a crash."""
 DEFAULT_SEQ_LEN = {"tiny": 128, "mini": 128, "narrow": 128, "base": 512, "medium": 1024,
                    "1.3b": 1024, "1.6b": 1024}
 
@@ -29,6 +31,13 @@ def _non_negative(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0.0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number, 0 or more, got {text}")
     return value
 
 
@@ -62,13 +71,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exit-at-step", type=_positive, default=None,
                    help="save and exit cleanly after this step (the schedule still spans "
                         "--train-steps)")
+    p.add_argument("--log-interval", type=_non_negative, default=0, metavar="N",
+                   help="print one line every N steps (rank 0): step, loss, LR, layers, "
+                        "tokens/s (0: the progress bar only)")
     p.add_argument("--eval-interval", type=_non_negative, default=0,
                    help="evaluate the full model every N steps (always at start and end)")
     p.add_argument("--eval-sequences", type=_positive, default=64,
                    help="held-out sequences per evaluation")
-    p.add_argument("--save", metavar="DIR", default=None)
-    p.add_argument("--save-interval", type=_non_negative, default=0)
-    p.add_argument("--load", metavar="DIR", default=None)
+    p.add_argument("--save", metavar="DIR", default=None,
+                   help="checkpoint folder: saved every --save-interval steps, every "
+                        "--save-every-minutes, at the end, and on SIGTERM/SIGUSR1")
+    p.add_argument("--save-interval", type=_non_negative, default=DEFAULT_SAVE_INTERVAL,
+                   metavar="N", help="save every N steps (0: only at the end and on a stop; "
+                   f"default {DEFAULT_SAVE_INTERVAL})")
+    p.add_argument("--save-every-minutes", type=_non_negative_float, default=0.0, metavar="M",
+                   help="also save on the first step after M minutes since the last save "
+                        "(0: off)")
+    p.add_argument("--load", metavar="DIR", default=None,
+                   help="resume from DIR's latest checkpoint; 'auto': from --save's newest "
+                        "checkpoint when there is one, else start fresh (one command that is "
+                        "safe to requeue)")
     p.add_argument("--override-raptr-schedule", action="store_true",
                    help="resume although the checkpoint was trained under another schedule")
     p.add_argument("--seed", type=_non_negative, default=1234)
@@ -107,11 +129,14 @@ class TrainFlags:
     """--seq-len, or the size's default (:data:`DEFAULT_SEQ_LEN`)."""
     train_steps: int
     exit_at_step: Optional[int]
+    log_interval: int
     eval_interval: int
     eval_sequences: int
     save: Optional[str]
     save_interval: int
+    save_every_minutes: float
     load: Optional[str]
+    """--load: a checkpoint folder, or "auto" (:mod:`megaraptr.tools.resume_point`)."""
     override_raptr_schedule: bool
     seed: int
     """--seed: model initialization, data order and dropout (the sampler's seed is the raptr

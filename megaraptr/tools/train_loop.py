@@ -4,8 +4,11 @@
 engine's applied step to ``--exit-at-step`` or ``--train-steps``: each step seeds torch from
 (--seed, step, rank) so dropout is a function of the step, trains on the step's subnetwork,
 logs the step's scalars, evaluates every ``--eval-interval`` steps and saves every
-``--save-interval`` steps and at the end. :class:`History` is what a checkpoint carries
-under ``client_state["train"]``, so a resumed run continues its clock and eval history.
+``--save-interval`` steps, when ``--save-every-minutes`` has passed, and at the end. The
+step's votes (:mod:`megaraptr.tools.run_control`: a stop signal, a dead launcher, a timed save)
+ride in its one all-reduce; a stop agreed there ends the session after that step, its due
+evaluation and its checkpoint. :class:`History` is what a checkpoint carries under
+``client_state["train"]``, so a resumed run continues its clock and eval history.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from tqdm import tqdm
 
 from megaraptr.runtime import monitor
 from megaraptr.tools.preflight import RunPlan
+from megaraptr.tools.run_control import RunControl
 from megaraptr.tools.train_setup import TrainSetup
 
 
@@ -70,9 +74,13 @@ class History:
 class TrainLoop:
     """Steps, evaluations and checkpoints of one session of a run."""
 
-    def __init__(self, plan: RunPlan, setup: TrainSetup, batches, history: History):
+    def __init__(self, plan: RunPlan, setup: TrainSetup, batches, history: History,
+                 control: RunControl):
         self.flags, self.setup, self.batches, self.history = plan.flags, setup, batches, history
+        self.control = control
         self.rank = torch.distributed.get_rank()
+        self.saved: Optional[str] = None
+        """The tag of the last checkpoint this session wrote."""
         engine = setup.engine
         self.eval_set = to_device(batches.eval_batches(self.flags.eval_sequences,
                                                        engine.train_micro_batch_size_per_gpu()),
@@ -88,42 +96,68 @@ class TrainLoop:
         monitor.write(engine, monitor.eval_events(step, loss))
         return loss
 
-    def train(self) -> None:
-        """Train from the engine's applied step to --exit-at-step or --train-steps."""
-        flags, history, batches = self.flags, self.history, self.batches
+    def train(self) -> Optional[str]:
+        """Train from the engine's applied step to --exit-at-step or --train-steps; returns why
+        the session stopped before that (a signal, the launcher's death), or None."""
+        flags = self.flags
         stop_at = flags.exit_at_step or flags.train_steps
         bar = _Bar(total=flags.train_steps, initial=self.setup.engine.applied_steps,
                    disable=self.rank != 0, dynamic_ncols=True, desc="train",
                    mininterval=0.5 if sys.stderr.isatty() else 30)
-        while self.setup.engine.applied_steps < stop_at:
-            step = self.setup.engine.applied_steps + 1
-            engine = self.setup.next_engine({"train": history.state()})  # pipelines re-partition
-            torch.manual_seed(run_seed(flags.seed, step, self.rank))  # dropout: a function of step
-            t0 = time.perf_counter()
-            result = engine.train_step(to_device(batches.step_batches(step), engine.device,
-                                                 self.setup.inputs))
-            loss = engine.mean_over_ranks(result.loss)
-            elapsed = time.perf_counter() - t0
-            history.wall_seconds += elapsed
-            history.tokens += batches.tokens_per_step
-            tps = batches.tokens_per_step / elapsed
-            lr_scheduler = engine.lr_scheduler
-            lr = lr_scheduler.get_last_lr()[0] if lr_scheduler else \
-                engine.optimizer.param_groups[0]["lr"]
-            monitor.write(engine, monitor.step_events(
-                result, loss=loss, lr=lr, tokens_per_sec=tps,
-                layer_flops_fraction=engine.layer_flops_fraction()) + self.setup.events(result))
-            bar.set_postfix(loss=f"{loss:.3f}", stage=result.stage.name,
-                            layers=result.mask.num_active, tok_s=f"{tps:,.0f}", refresh=False)
-            bar.update(1 if result.applied else 0)
-            self._after_step(engine.applied_steps, stop_at)
-        bar.close()
+        try:  # the bar ends its line however the loop ends (an error's line comes after it)
+            while self.setup.engine.applied_steps < stop_at:
+                stop = self._step(bar, stop_at)
+                if stop:
+                    return stop
+            return None
+        finally:
+            bar.close()
 
-    def _after_step(self, done: int, stop_at: int) -> None:
-        """Evaluate and save when step ``done`` (applied) asks for it."""
+    def _step(self, bar, stop_at: int) -> Optional[str]:
+        """One step, its log line, evaluation and checkpoint; returns why the run stops after
+        it (agreed by every rank through the step's votes), or None."""
+        flags, history, batches = self.flags, self.history, self.batches
+        step = self.setup.engine.applied_steps + 1
+        engine = self.setup.next_engine({"train": history.state()})  # pipelines re-partition
+        torch.manual_seed(run_seed(flags.seed, step, self.rank))  # dropout: a function of step
+        t0 = time.perf_counter()
+        result = engine.train_step(to_device(batches.step_batches(step), engine.device,
+                                             self.setup.inputs), self.control.votes())
+        loss = result.mean_loss  # all ranks' mean, from the step's one all-reduce
+        elapsed = time.perf_counter() - t0
+        history.wall_seconds += elapsed
+        history.tokens += batches.tokens_per_step
+        tps = batches.tokens_per_step / elapsed
+        lr_scheduler = engine.lr_scheduler
+        lr = lr_scheduler.get_last_lr()[0] if lr_scheduler else \
+            engine.optimizer.param_groups[0]["lr"]
+        monitor.write(engine, monitor.step_events(
+            result, loss=loss, lr=lr, tokens_per_sec=tps,
+            layer_flops_fraction=engine.layer_flops_fraction()) + self.setup.events(result))
+        bar.set_postfix(loss=f"{loss:.3f}", stage=result.stage.name,
+                        layers=result.mask.num_active, tok_s=f"{tps:,.0f}", refresh=False)
+        bar.update(1 if result.applied else 0)
+        done = engine.applied_steps
+        if flags.log_interval and self.rank == 0 and done % flags.log_interval == 0:
+            bar.clear()
+            print(f"megaraptr: step {done}/{flags.train_steps}: loss {loss:.4f}, lr {lr:.3g}, "
+                  f"{result.mask.num_active} layers, {tps:,.0f} tokens/s"
+                  f"{', update dropped (diverged)' if result.dropped else ''}", flush=True)
+        stop = self.control.stop_reason(result.votes) if done < stop_at else None
+        if stop and self.rank == 0:
+            bar.clear()
+            print(f"megaraptr: step {done}: {stop}: "
+                  f"{'saving a checkpoint and ' if flags.save else ''}stopping", flush=True)
+        self._after_step(done, stop_at, save=bool(stop) or self.control.save_due(result.votes))
+        return stop
+
+    def _after_step(self, done: int, stop_at: int, *, save: bool) -> None:
+        """Evaluate and save when step ``done`` (applied) asks for it (``save``: the votes do)."""
         flags = self.flags
         if flags.eval_interval and done % flags.eval_interval == 0 and done < flags.train_steps:
             self.evaluate(done)
-        if flags.save and (done == stop_at or
+        if flags.save and (save or done == stop_at or
                            (flags.save_interval and done % flags.save_interval == 0)):
             self.setup.save(flags.save, f"step{done}", {"train": self.history.state()})
+            self.saved = f"step{done}"
+            self.control.saved()

@@ -32,6 +32,9 @@ def print_header(plan: RunPlan, setup: TrainSetup, *, world: int, tokens_per_ste
     print(f"megaraptr: {compat.describe(engine.deepspeed_patches)}", flush=True)
     for line in setup.describe():
         print(f"megaraptr: {line}", flush=True)
+    if plan.layout is not None:
+        print(f"megaraptr: tensor_parallel: {plan.layout.describe()} (megaraptr's Megatron-style "
+              "layers; DeepSpeed gets the process groups, not AutoTP)", flush=True)
     for note in notes:
         print(f"megaraptr: {note}", flush=True)
 
@@ -54,7 +57,7 @@ def summarize(plan: RunPlan, setup: TrainSetup, history: History, *, final: Opti
         "model": flags.model, "size": flags.size, "objective": flags.objective,
         "world_size": world, "pipeline": setup.summary(),
         "schedule": engine.schedule.describe(), "tensorboard_dir": tb_dir,
-        "resumed_from": flags.load,
+        "resumed_from": plan.resume_from, "dropped_steps": engine.guard.dropped,
     }
 
 
@@ -72,7 +75,7 @@ def report(plan: RunPlan, summary: dict, *, rank: int) -> None:
               f" at start -> {summary['final_eval_loss']:.4f}; layer FLOPs "
               f"{summary['layer_flops_fraction']:.3f} of full; "
               f"{summary['tokens_per_second']:,.0f} tokens/s; TensorBoard: {tb_dir}", flush=True)
-    else:
+    elif not summary.get("stopped"):  # a signal's stop ends with its own line (RunStopped)
         print(f"megaraptr: stopped after step {summary['steps']} (--exit-at-step); resume "
               f"with --load {flags.save}", flush=True)
     if flags.summary:

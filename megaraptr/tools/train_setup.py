@@ -26,8 +26,9 @@ class TrainSetup(Protocol):
     inputs: Optional[Callable[[dict], dict]]
     """Maps a batch to the model's keyword arguments (None: the batch is them)."""
 
-    def load(self, load_dir: str) -> dict:
-        """Load a checkpoint into the engine; returns its client state."""
+    def load(self, checkpoint: str) -> dict:
+        """Load the checkpoint in folder ``checkpoint`` (``DIR/tag``, :attr:`megaraptr.tools.
+        preflight.RunPlan.resume_from`) into the engine; returns its client state."""
 
     def save(self, save_dir: str, tag: str, client_state: dict) -> None:
         """Write a checkpoint with ``client_state`` beside megaraptr's state."""

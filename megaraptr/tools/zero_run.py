@@ -8,6 +8,7 @@ DeepSpeed's own checkpointing through the engine.
 """
 from __future__ import annotations
 
+import os
 from typing import List, Optional
 
 import torch
@@ -45,8 +46,9 @@ class ZeroRun:
                                      config=plan.ds_config, total_steps=flags.train_steps,
                                      seed=plan.sampler_seed)
 
-    def load(self, load_dir: str) -> dict:
-        _, client_state = self.engine.load_checkpoint(load_dir,
+    def load(self, checkpoint: str) -> dict:
+        load_dir, tag = os.path.split(os.path.normpath(checkpoint))
+        _, client_state = self.engine.load_checkpoint(load_dir, tag=tag,
                                                       override_schedule=self.override_schedule)
         return client_state or {}
 

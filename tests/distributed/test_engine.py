@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from support import WORKERS, cpu_env, skip_without_fp16, torchrun
 
 pytestmark = pytest.mark.distributed

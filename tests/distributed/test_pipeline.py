@@ -11,8 +11,9 @@ without a pipeline on 1 and 2 processes:
   parts, added by an all-reduce instead of autograd, and the clipping norm is summed in
   another order; these round differently in the last bit, and 12 Adam steps at lr 3e-3 grow
   that to ~2e-5 on a loss of ~8 (measured: 1.6e-5 on pp=2, 1e-6 on pp=2 x dp=2);
-- bf16 (ZeRO-0 and ZeRO-1) trains the same subnetworks; its losses stay within 0.1 (bf16
-  rounding of the same sums; measured 0.03);
+- bf16 trains the same subnetworks; its losses stay within 0.06 under ZeRO-0 and 0.002 under
+  ZeRO-1 (bf16 rounding of the same sums; measured here 0.030 and 0.00058, eval 0.0073 and
+  0.00028: a margin of 2x and 3.4x);
 - a re-partition mid-run (a layer moves between stages through a checkpoint) keeps every
   parameter's fp32 master, Adam moments and step count bit-identical and continues the
   same trajectory.
@@ -28,6 +29,9 @@ WORKER = str(WORKERS / "pipeline_worker.py")
 PIPE_CASES = ["fp32-z0", "fp32-z1", "bf16-z0", "bf16-z1", "balanced", "repartition",
               "repartition:bf16-z1"]
 REF_CASES = ["fp32-z0", "fp32-z1", "bf16-z0", "bf16-z1", "balanced"]
+BF16_TOLERANCE = {"bf16-z0": 0.06, "bf16-z1": 0.002}
+"""Largest loss gap from the non-pipeline run: measured 0.030 (ZeRO-0) and 0.00058 (ZeRO-1,
+also after a re-partition), with a margin of 2x and 3.4x."""
 
 
 def _load(out, mode, case, ranks):
@@ -56,7 +60,7 @@ def test_pp2_trains_the_reference_subnetworks_and_trajectory(pp2):
         for rank in stages:
             assert [s["key"] for s in rank["steps"]] == [s["key"] for s in ref["steps"]], case
             assert rank["steps"] == stages[0]["steps"]  # the loss is broadcast to every stage
-        tolerance = 0.1 if case.startswith("bf16") else 1e-4
+        tolerance = BF16_TOLERANCE.get(case, 1e-4)
         assert _max_gap(stages[0], ref) < tolerance, case
         assert [s["loss"] for s in stages[0]["steps"][:3]] == \
             [s["loss"] for s in ref["steps"][:3]], case
@@ -89,7 +93,7 @@ def test_repartition_keeps_optimizer_state_and_trajectory(pp2):
     # bf16 under ZeRO-1: the fp32 masters and Adam moments live in DeepSpeed's flat partitions
     bf16 = _load(pp2, "pipe", "repartition:bf16-z1", 2)
     assert all(r["moments_equal"] is True and len(r["partitions"]) == 2 for r in bf16)
-    assert _max_gap(bf16[0], _load(pp2, "ref", "bf16-z1", 1)[0]) < 0.1
+    assert _max_gap(bf16[0], _load(pp2, "ref", "bf16-z1", 1)[0]) < BF16_TOLERANCE["bf16-z1"]
 
 
 @pytest.mark.distributed

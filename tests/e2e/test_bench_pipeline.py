@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from support import cpu_env, torchrun
 
 

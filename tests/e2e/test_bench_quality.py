@@ -9,7 +9,6 @@ import pytest
 from support import run
 
 
-
 def bench(out, *extra, check=True):
     return run([sys.executable, "-m", "megaraptr.bench.quality", "--out", out, "--size", "tiny",
                 "--steps", "6", "--evals", "2", "--eval-sequences", "8", "--micro-batch", "4",

@@ -9,6 +9,7 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
 from support import cpu_env, run, torchrun
 
 TINY = ["--model", "bert", "--size", "tiny", "--precision", "fp32", "--device", "cpu",
@@ -30,13 +31,22 @@ def check_result(path: Path, zero_stages: list, world_size: int) -> dict:
         for k, row in entry["per_k"].items():
             assert len(row["samples_ms"]) == 2 and all(t > 0 for t in row["samples_ms"])
             assert 0 < row["min_ms"] <= row["median_ms"]
-            assert row["speedup"] > 0
+            assert row["speedup"] > 0 and row["ideal_speedup"] > 0
+            ratio = row["speedup"] / row["ideal_speedup"]
+            assert row["achieved_over_ideal"] == pytest.approx(ratio)
             if name != "plain":
-                assert row["efficiency"] > 0
+                assert row["vs_plain"] == row["median_ms"] / \
+                    result["paths"]["plain"]["per_k"][k]["median_ms"]
         assert entry["per_k"]["4"]["speedup"] == 1.0
+        # both ends of the path's own line: achieved and ideal coincide there
+        assert entry["per_k"]["4"]["achieved_over_ideal"] == 1.0
+        assert entry["per_k"]["0"]["achieved_over_ideal"] == 1.0
         assert set(entry["fit"]) >= {"fixed_ms", "per_layer_ms"}
+        assert "efficiency" not in entry["per_k"]["2"]  # retired: a slower path could win it
     for z in zero_stages:
-        assert result["paths"][f"zero{z}"]["per_k"]["4"]["efficiency"] == 1.0
+        versus = result["paths"][f"zero{z}"]["vs_plain"]
+        plain, path = result["paths"]["plain"]["fit"], result["paths"][f"zero{z}"]["fit"]
+        assert versus["fixed_diff_ms"] == path["fixed_ms"] - plain["fixed_ms"]
     return result
 
 

@@ -7,7 +7,6 @@ import sys
 
 from support import ROOT, run
 
-
 CONFIGS = ROOT / "ds_configs"
 # (model, size, pipeline stages) each shipped config is written for
 SHIPPED = {"bert_base_full_zero2.json": ("bert", "base", 0),

@@ -14,6 +14,7 @@ import sys
 from itertools import islice
 
 from support import CORPUS, ROOT, cpu_env, run
+
 ENV = dict(os.environ, TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
 
 

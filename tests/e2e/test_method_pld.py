@@ -2,7 +2,6 @@
 1/keep scaling, expected FLOPs, and a tiny run that resumes exactly and reports its FLOPs."""
 from __future__ import annotations
 
-
 import pytest
 from support.method_runs import STEPS, assert_exact_resume, train_and_resume
 

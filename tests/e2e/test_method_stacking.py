@@ -3,10 +3,8 @@ that exists (training and evaluation), copies into DeepSpeed's fp32 master weigh
 0-3, and a tiny run that resumes exactly (mid-stage and at a growth step), reporting FLOPs."""
 from __future__ import annotations
 
-
 import pytest
 from support.method_runs import STEPS, assert_exact_resume, train_and_resume
-
 
 
 @pytest.mark.parametrize("exit_at", [STEPS // 2, 5])

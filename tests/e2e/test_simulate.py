@@ -5,9 +5,6 @@ Pure: numpy only, no DeepSpeed, no torch. The 1F1B examples are worked by hand i
 import subprocess
 import sys
 
-
-
-
 # ---------------------------------------------------------------- command line
 
 

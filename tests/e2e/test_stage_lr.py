@@ -6,7 +6,6 @@ import pytest
 from support.method_runs import train, write_config
 
 
-
 @pytest.mark.parametrize("method", ["raptr", "stacking"])
 def test_rewarm_changes_updates_from_the_second_stage_on(tmp_path, method):
     block = {"enabled": True, "method": method, "schedule": "2-4"}

@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from support import ROOT, cpu_env, free_port, run, torchrun
 
 TAGS = {"train/loss", "train/lr", "train/tokens_per_sec", "raptr/stage", "raptr/keep_prob",
@@ -87,11 +86,12 @@ def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("runs")
     config = write_config(tmp / "z2.json", tensorboard=tmp / "tb")
     common = ["--deepspeed_config", config, "--model", "bert", "--size", "tiny",
-              "--train-steps", "40", "--eval-interval", "10"]
+              "--train-steps", "40", "--eval-interval", "10", "--eval-sequences", "38"]
+    # 38 held-out sequences: 19 per rank in micro-batches of 4, the last one short
     env = cpu_env(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
                   NGPU=2, MODEL="bert", SIZE="tiny", DS_CONFIG=config, MASTER_PORT=free_port())
     run(["bash", ROOT / "launch" / "train.sh", "--train-steps", "40", "--eval-interval", "10",
-         "--summary", tmp / "straight.json"], env=env, timeout=300)
+         "--eval-sequences", "38", "--summary", tmp / "straight.json"], env=env, timeout=300)
     args = ["-m", "megaraptr.train"] + common + ["--save", tmp / "ckpt"]
     torchrun(2, args + ["--exit-at-step", "20", "--summary", tmp / "first.json"], timeout=300)
     torchrun(2, args + ["--load", tmp / "ckpt", "--summary", tmp / "resumed.json"], timeout=300)

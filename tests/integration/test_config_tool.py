@@ -2,7 +2,6 @@
 the ideal speedup of the cost model), sweep (a grid of configs that all pass validate)."""
 from __future__ import annotations
 
-
 from support import ROOT
 
 from megaraptr.tools.config import main

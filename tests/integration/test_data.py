@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support import CORPUS, ROOT
 
 from megaraptr.data import SAMPLE_DIR, load_prepared, make_batches, prepare
 from megaraptr.data.prepare import PREPARE_MEMORY_BYTES, doc_hash
 from megaraptr.data.tokenizer import train_tokenizer
 
-from support import CORPUS, ROOT
 ENV = dict(os.environ, TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
 
 

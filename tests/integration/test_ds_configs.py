@@ -5,7 +5,6 @@ import json
 import sys
 
 import pytest
-
 from support import ROOT, WORKERS, run
 
 CONFIGS = sorted(p.name for p in (ROOT / "ds_configs").glob("*.json"))

@@ -2,8 +2,12 @@
 
 CPU only. torch.compile runs with the aot_eager backend (dynamo and AOT autograd as with
 inductor, without code generation), and once with inductor for numerics. The Triton kernel
-runs where Triton is importable (here under ``TRITON_INTERPRET=1``); on a GPU the benchmark
-(``megaraptr.bench.gpu``) checks it against the same reference.
+runs where Triton is importable, here under its interpreter (``TRITON_INTERPRET=1``; the test
+extra installs triton): computed in float32 and converted to bfloat16 once, element for
+element, and not as two roundings. The interpreter converts float32 to bfloat16 toward zero
+(Triton 3.9.0's interpreter ignores ``fp_downcast_rounding``), so the check emulates that; on a
+GPU, where the conversion rounds to nearest, the benchmark (``megaraptr.bench.gpu``) checks
+the kernel within half a bfloat16 spacing of the float64 result.
 """
 from __future__ import annotations
 
@@ -68,27 +72,43 @@ def _loss_and_grads(model, mask, seed=3):
 
 TRITON_CHECK = r"""
 import torch
-from torch.testing import assert_close
-from megaraptr.kernels.residual import reference_scaled_add, triton_scaled_add
-for dtype in (torch.float32, torch.bfloat16):
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(3001, generator=g).to(dtype).requires_grad_()  # not a multiple of BLOCK
-    b = torch.randn(3001, generator=g).to(dtype).requires_grad_()
-    grad = torch.randn(3001, generator=g).to(dtype)
-    y = triton_scaled_add(x, b, torch.tensor(4 / 3))
+from megaraptr.kernels.residual import fallback_scaled_add, triton_scaled_add
+
+
+def to_bf16_toward_zero(v):  # float32 -> bfloat16 keeping the upper 16 bits (truncation)
+    return (v.contiguous().view(torch.int32) >> 16).to(torch.int16).view(torch.bfloat16)
+
+
+g = torch.Generator().manual_seed(1)
+n = 30001  # not a multiple of BLOCK
+for scale in (1.5, 4 / 3):  # 1.5: exact in bfloat16 too, so only the roundings differ
+    s = torch.tensor(scale)  # float32, as the fast paths pass it
+    x, b, grad = (torch.randn(n, generator=g).to(torch.bfloat16) for _ in range(3))
+    xr, br = x.clone().requires_grad_(), b.clone().requires_grad_()
+    y = triton_scaled_add(xr, br, s)
     y.backward(grad)
-    assert y.dtype == dtype
-    assert_close(y, reference_scaled_add(x.detach(), b.detach(), 4 / 3))
-    assert torch.equal(x.grad, grad)
-    assert_close(b.grad, reference_scaled_add(torch.zeros_like(grad), grad, 4 / 3))
+    # one rounding: x + s * b computed in float32 and converted to bfloat16 once (the
+    # interpreter converts toward zero; a GPU rounds to nearest even), for every element
+    assert torch.equal(y, to_bf16_toward_zero(x.float() + s * b.float()))
+    # not two: rounding the product to bfloat16 first (what eager does) gives other values
+    twice = to_bf16_toward_zero(x.float() + to_bf16_toward_zero(s * b.float()).float())
+    differ = float((y != twice).double().mean())
+    assert differ > 0.05, differ  # measured 0.1-0.3
+    assert not torch.equal(fallback_scaled_add(x, b, s), y)  # eager: two roundings (nearest)
+    assert torch.equal(xr.grad, grad)
+    assert torch.equal(br.grad, to_bf16_toward_zero(s * grad.float()))
+    x32, b32 = torch.randn(n, generator=g), torch.randn(n, generator=g)
+    # float32: the product and the sum each rounded in float32, as eager does (no FMA here)
+    assert torch.equal(triton_scaled_add(x32, b32, s), x32 + s * b32)
 print("triton kernel ok")
 """
 
 
-def test_triton_kernel_matches_the_reference_where_triton_is_importable():
+def test_triton_kernel_rounds_once_under_its_cpu_interpreter():
     if importlib.util.find_spec("triton") is None:
-        pytest.skip("Triton is not importable here (the GPU benchmark checks the kernel)")
-    proc = run([sys.executable, "-c", TRITON_CHECK], timeout=120,
+        pytest.skip("Triton is not importable here: pip install triton (3.9.0 installs and runs "
+                    "its interpreter on a CPU); the GPU benchmark checks the kernel on CUDA")
+    proc = run([sys.executable, "-c", TRITON_CHECK], timeout=300,
                env=cpu_env(TRITON_INTERPRET=1))
     assert proc.stdout.strip().endswith("triton kernel ok")
 

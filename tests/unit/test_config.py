@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from megaraptr.core.config import RaptrConfig, StageSpec, load_ds_config
+from megaraptr.core.config import RaptrConfig, StageSpec, load_ds_config, scheduler_warmup_note
 from megaraptr.errors import ConfigError, MegaraptrError
 from megaraptr.methods import parse_raptr_block, split_ds_config
 
@@ -312,3 +312,23 @@ def test_split_ds_config_validates_the_block():
     with pytest.raises(ConfigError) as info:
         split_ds_config({"raptr": {"enabled": True, "schedule": "6-8-"}})
     assert str(info.value).startswith("raptr.schedule: ")
+
+
+@pytest.mark.parametrize("key", ["raptor", "Raptr", "rapt", "raptr_", "RAPTOR"])
+def test_a_misspelt_raptr_block_is_refused(key):
+    with pytest.raises(ConfigError, match=rf'^{key}: unknown top-level key; did you mean "raptr"'):
+        split_ds_config({key: {"enabled": True, "schedule": "2-4"}, "train_batch_size": 8})
+
+
+def test_deepspeed_keys_are_not_taken_for_a_misspelt_raptr():
+    raptr, ds = split_ds_config({"amp": {}, "bf16": {}, "fp16": {}, "tensorboard": {},
+                                 "raptr": {"enabled": False}})
+    assert not raptr.enabled and "raptr" not in ds
+
+
+def test_a_warmup_as_long_as_the_run_is_a_warning():
+    config = {"scheduler": {"type": "WarmupDecayLR", "params": {"warmup_num_steps": 30}}}
+    assert scheduler_warmup_note(config, 300) is None
+    note = scheduler_warmup_note(config, 30)
+    assert note.startswith("warning: scheduler.params.warmup_num_steps 30 is not below the "
+                           "run's 30 steps")

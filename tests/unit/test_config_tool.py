@@ -96,10 +96,11 @@ def test_whole_run_matches_flops_fraction_with_warmup_and_pld():
 
 
 def test_reference_costs_give_docs_speedup():
-    """docs/gpu.md: 6-8-10-12 with equal stages on BERT-base is 1.29x (masked head)."""
+    """docs/gpu/step_costs-h200-2026-11-27.json (BERT-base, masked head, 8.01 + 4.78 k ms):
+    6-8-10-12 with equal stages is (8.01 + 4.78 x 12) / (8.01 + 4.78 x 9) = 1.28x."""
     raptr, _ = split_ds_config({"raptr": {"enabled": True, "schedule": "6-8-10-12"}})
     schedule = build_schedule(raptr, num_layers=12, total_steps=1000)
-    assert round(ideal_speedup(schedule, REFERENCE[("bert", "base")]), 2) == 1.29
+    assert round(ideal_speedup(schedule, REFERENCE[("bert", "base")]), 2) == 1.28
 
 
 def test_parse_costs():

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support import CORPUS
 
 from megaraptr.data import load_prepared, prepare, resolve_data
 from megaraptr.data.cache import cache_key
@@ -24,8 +25,6 @@ from megaraptr.data.split import (HASH, NO_VAL, SMALLEST_HASH, choose_holdout, d
 from megaraptr.data.tokenizer import token_pieces, train_tokenizer
 from megaraptr.data.vocab import tokenizer_ids
 from megaraptr.errors import DataError
-
-from support import CORPUS
 
 
 def corpus_texts(n: int, split: str = "val") -> list[str]:

@@ -10,9 +10,14 @@ import pytest
 import torch
 from torch import nn
 
-from megaraptr.core.block import (find_blocks, is_block, mark_block, residual_scale, set_layer_mask,
-                                  skippable)
+from megaraptr.core.block import (check_block_contract, find_blocks, is_block, mark_block,
+                                  residual_scale, set_layer_mask, skippable, unskipped)
 from megaraptr.core.mask import LayerMask
+from megaraptr.errors import ConfigError
+from megaraptr.methods import build_schedule, parse_raptr_block
+from megaraptr.models import build_model
+from megaraptr.models.blocks import ModelConfig
+from megaraptr.models.pipe import PipeBlock
 
 
 class Toy(nn.Module):
@@ -198,3 +203,40 @@ def test_the_core_does_not_import_deepspeed():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_contract_check_names_an_undecorated_marked_block():
+    class Plain(nn.Module):
+        def __init__(self):
+            super().__init__()
+            mark_block(self, 0)
+
+        def forward(self, x):
+            return x
+
+    with pytest.raises(ConfigError, match=r"^model: .*Plain \(layer 0\) is marked with "
+                                          r"megaraptr.mark_block but its forward is not "
+                                          r"decorated with @megaraptr.skippable"):
+        check_block_contract([Plain()])
+
+
+def test_contract_check_accepts_the_reference_pipeline_and_own_blocks():
+    check_block_contract(find_blocks(build_model("gpt", "tiny", vocab_size=64, seq_len=8)))
+    cfg = ModelConfig(num_layers=2, hidden=8, heads=2, ffn=16, vocab_size=64, max_seq_len=8)
+    check_block_contract([PipeBlock(cfg, 1, causal=True)])  # delegates to Block.forward
+
+
+def test_a_skip_counts_itself():
+    block = Toy(0)
+    set_layer_mask([block], LayerMask((False,), (0.0,)))
+    block.train()
+    x = torch.ones(2, 3)
+    assert block(x) is x and block.raptr_skips == 1
+    assert unskipped([block], [0]) == [] and unskipped([block], [1]) == [block]
+
+
+def test_a_model_without_marked_blocks_is_told_about_mark_block():
+    config = parse_raptr_block({"enabled": True, "schedule": "2-4"})
+    with pytest.raises(ConfigError, match=r"^model: needs at least one layer, got 0: mark each "
+                                          r"transformer block with megaraptr.mark_block"):
+        build_schedule(config, num_layers=len(find_blocks(nn.Linear(2, 2))), total_steps=4)

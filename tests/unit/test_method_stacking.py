@@ -3,7 +3,6 @@ that exists (training and evaluation), copies into DeepSpeed's fp32 master weigh
 0-3, and a tiny run that resumes exactly (mid-stage and at a growth step), reporting FLOPs."""
 from __future__ import annotations
 
-
 import pytest
 
 from megaraptr.core.sampler import SubnetworkSampler

@@ -476,3 +476,15 @@ def test_scaling_through_the_config_and_unknown_forms():
         parse_raptr_block({"enabled": True, "schedule": "6-12", "scaling": "sqrt"})
     with pytest.raises(ValueError, match="unknown scaling 'sqrt'"):
         branch_scale("sqrt", 0.5)
+
+
+def test_the_full_mask_is_one_object_and_its_fields_are_computed_once():
+    # the engine applies a mask to the blocks only when it is not the one applied already:
+    # O(1) per step in the full-model stage
+    from megaraptr.core.mask import LayerMask
+
+    assert LayerMask.full(12) is LayerMask.full(12) and LayerMask.full(12) is not LayerMask.full(6)
+    mask = LayerMask((True, False, True), (1.0, 0.0, 2.0))
+    assert (mask.num_active, mask.active_ids, mask.skipped_ids) == (2, (0, 2), (1,))
+    assert mask.skipped_ids is mask.skipped_ids and "skipped_ids" in vars(mask)
+    assert mask == LayerMask((True, False, True), (1.0, 0.0, 2.0))  # still a value

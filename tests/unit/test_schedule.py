@@ -195,6 +195,7 @@ def test_random_length_specs_always_tile_the_run(steps):
     # Whatever the mix of steps / fraction / unspecified: a ConfigError, or stages of at least
     # one step each that cover 1..N exactly.
     rng = random.Random(steps)
+    built = rejected = 0
     for _ in range(60):
         n = rng.randint(1, 4)
         specs = []
@@ -211,9 +212,14 @@ def test_random_length_specs_always_tile_the_run(steps):
             schedule = _build({"schedule": specs, "full_model_warmup_steps": warmup}, steps=steps)
         except ConfigError as err:
             assert err.key in ("raptr.schedule", "raptr.full_model_warmup_steps"), err
+            rejected += 1
             continue
         _check_contiguous(schedule)
         assert len(schedule.stages) == n + (1 if warmup else 0)
+        built += 1
+    # both paths were taken, and enough schedules were built and checked: a builder that
+    # rejected everything (or nothing) would fail here (measured: 4-34 of 60 built)
+    assert built >= (15 if steps >= 10 else 4) and rejected >= 10, (built, rejected)
 
 
 # ---------------------------------------------------------------- errors

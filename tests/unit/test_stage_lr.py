@@ -2,7 +2,6 @@
 changes the updates from the first step of the second stage on, and only from there."""
 from __future__ import annotations
 
-
 from megaraptr.core.schedule import rewarm_multiplier
 
 

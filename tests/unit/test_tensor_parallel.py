@@ -20,7 +20,7 @@ from megaraptr.planning.layout import (Layout, check_layout, check_shape, check_
 from megaraptr.planning.step_costs import REFERENCE
 from megaraptr.planning.tp_costs import (Hardware, Shape, all_reduce_ms, layer_flops, parse_shape,
                                          shape_costs, with_tensor_parallel)
-from megaraptr.runtime.resume_state import check_tensor_parallel as check_checkpoint
+from megaraptr.runtime.resume_state import check_saved_tensor_parallel as check_checkpoint
 from megaraptr.runtime.tp import apply_tensor_parallel
 from megaraptr.tools import config as config_tool, simulate as simulate_tool
 

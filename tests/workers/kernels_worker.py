@@ -31,6 +31,7 @@ STEPS, SEQ = 16, 32
 CASES = [  # (zero stage, dtype, kernels, raptr scaling)
     (0, "fp32", "compiled", "inverse_keep_prob"),
     (1, "bf16", "compiled", "none"),
+    (1, "fp32", "fused", "none"),
     (2, "fp32", "fused", "none"),
     (3, "fp32", "auto", "none"),
 ]

@@ -40,7 +40,7 @@ from megaraptr.errors import RankMismatchError  # noqa: E402
 from megaraptr.models import build_model, model_config, optimizer_groups  # noqa: E402
 from megaraptr.planning.balance import Costs  # noqa: E402
 from megaraptr.runtime.distributed import init_distributed  # noqa: E402
-from megaraptr.runtime.tp import layers as tp_layers  # noqa: E402
+from megaraptr.runtime.tp import layers as tp_layers, tensor_size  # noqa: E402
 
 STEPS, SEQ, MICRO, GAS = 12, 32, 2, 2
 HEAVY_HEAD = Costs(layer=1.0, embedding=0.0, head=3.0)
@@ -143,8 +143,8 @@ def train(engine, batches, steps, inputs=None, rows=None) -> list:
 
 def summary(engine, batches, rows, inputs=None) -> dict:
     evals = batches.eval_batches(8, MICRO)
-    return {"steps": rows, "digest": engine.digest.hexdigest, "gas": engine.ds.
-            gradient_accumulation_steps(), "tensor": engine.tensor_parallel_size,
+    return {"steps": rows, "digest": engine.digest.hexdigest,
+            "gas": engine.ds.gradient_accumulation_steps(), "tensor": tensor_size(engine),
             "eval": engine.evaluate([inputs(b) for b in evals] if inputs else evals),
             "layers": [b.layer_id for b in engine.blocks]}
 
@@ -198,12 +198,13 @@ def run_mismatch(data) -> dict:
 
 def run_pipe(data, case: str, out_dir: str) -> dict:
     from megaraptr.runtime.pipe import engine as pipeline, optim_state, repartition
+    from megaraptr.runtime.tp import pipeline_groups
 
     moved = case == "pipe-repartition"
     _, dtype, stage, gas = parse("gpt-fp32-z1" if moved else case)
     cfg = model_config("tiny", vocab_size=data.vocab_size, seq_len=SEQ)
     ds_config = config(dtype, stage, gas, 2, sampling="balanced" if moved else "bernoulli")
-    groups = pipeline.tensor_parallel_groups(ds_config, 2)
+    groups = pipeline_groups(ds_config, 2)
 
     def make(parts=None):
         torch.manual_seed(0)

@@ -150,6 +150,13 @@ def guard(patches: Optional[dict], name: str) -> bool:
     return why is None
 
 
+def depends_off(patches: Optional[dict], name: str, needed: str) -> None:
+    """Record patch ``name`` as on DeepSpeed's own path because patch ``needed``, which it
+    relies on, is (no warning line of its own: ``needed``'s said why)."""
+    if patches is not None:
+        patches[name] = f"fallback: needs {needed}, which is off; {PATCHES[name].fallback}"
+
+
 def require(patches: Optional[dict], name: str) -> None:
     """Stop unless patch ``name`` (one without a correct fallback) matches the installed
     DeepSpeed; records ``"active"`` in ``patches``.

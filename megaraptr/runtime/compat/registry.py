@@ -54,8 +54,22 @@ SOURCES: Dict[str, str] = {
         "a026b9a3030c5c7233da588c84470b94a7376e0d5949a0ca35b44383588caab0",
     Z12 + "._optimizer_step":
         "6f46d25e76261218ffb3b3b11083fe334a0191aedb98bd038cdda05476191b6b",
+    Z12 + ".unscale_and_clip_grads":
+        "cb0b04fe2145e38439981e4a0c67da6dda303e5742dbe6ff72e49aef2f5cbd3c",
     Z12 + "._update_model_bit16_weights":
         "83171fe94f14c64953ace6873c96cd28c0f7f5ae051533aed3d467be15e4050b",
+    Z12 + ".independent_gradient_partition_epilogue":
+        "dc24164405ee1f9bf016ac31f04f0271cac17a13c3c78cadaf4efc87cfd962f7",
+    Z12 + ".finalize_gradient_accumulation_boundary":
+        "5563f38d9ab8986ec04f561af0dc4c0227b1239ff983ec37fe4f1b66d9fcade9",
+    Z12 + ".get_all_grad_tensors":
+        "8fa1f167ea5a238ca67dea5b817557af4ef3b592f76f41d04b2f0f56990107a0",
+    Z12 + ".get_flat_partition":
+        "c31ab2462db74a62cb9215c11f8208d1dc68165aed4d6241b57d09ff9cfe4c7b",
+    Z12 + "._build_compact_grad_partition_buffer":
+        "1d79ee542cdaa6198c1bd7b5b998db46e1d6872bd7d1cec1569b6e82d94addcd",
+    Z12 + "._get_compact_grad_partition_buffer":
+        "d274ad142c082ef91700e2aef322eb13686f99d8bda92f232b01d70f3ceb82bc",
     Z12 + "._lazy_init_hp_params_optimizer_state":
         "99f3d15d8f2565ab7f97af31fe971ce9df6d2f4e0231969b0f78c449d8ba152f",
     "deepspeed.runtime.utils:all_gather_dp_groups":
@@ -172,8 +186,11 @@ PATCHES: Dict[str, Patch] = {
         where="megaraptr/runtime/zero/step.py",
         what="replaces DeepSpeedZeroOptimizer.step with a copy of its non-offload path in which "
              "frozen (skipped) layer groups only release their gradients: no flatten, scaling, "
-             "optimizer call, copy back or all-gather",
-        sources=(Z12 + ".step", Z12 + "._optimizer_step", Z12 + "._update_model_bit16_weights",
+             "optimizer call, copy back or all-gather; and the active groups' unscale, "
+             "optimizer call and copy back run batched (the same arithmetic per group, the "
+             "clipping factor computed once on the device: no host sync per group)",
+        sources=(Z12 + ".step", Z12 + "._optimizer_step", Z12 + ".unscale_and_clip_grads",
+                 Z12 + "._update_model_bit16_weights",
                  "deepspeed.runtime.utils:all_gather_dp_groups"),
         names={Z12: ("step", "micro_step_id", "_wait_for_offload_copies", "compute_grad_norm",
                      "_global_grad_norm", "overflow", "check_grad_overflow", "check_overflow",
@@ -183,15 +200,32 @@ PATCHES: Dict[str, Patch] = {
                      "free_grad_in_param_list", "params_not_in_partition", "params_in_partition",
                      "real_dp_process_group", "_get_preflattened_grad_partition",
                      "flatten_dense_tensors_aligned", "partition_size", "flatten",
-                     "single_partition_of_fp32_groups", "unscale_and_clip_grads",
-                     "_optimizer_step", "parallel_partitioned_bit16_groups", "bit16_groups_flat",
+                     "single_partition_of_fp32_groups", "clip_grad", "reduce_bucket_size", "device",
+                     "_lazy_init_hp_params_optimizer_state",
+                     "parallel_partitioned_bit16_groups", "bit16_groups_flat",
                      "nccl_start_alignment_factor", "allgather_bucket_size",
                      "_update_model_bit16_weights") + _PARTITION_READS,
                Z12M: ("INITIAL_MICRO_STEP_ID", "OPTIMIZER_TIMERS", "OPTIMIZER_GRADIENTS_TIMER",
-                      "OPTIMIZER_STEP_TIMER", "OPTIMIZER_ALLGATHER_TIMER")},
+                      "OPTIMIZER_STEP_TIMER", "OPTIMIZER_ALLGATHER_TIMER",
+                      "all_gather_dp_groups")},
         fallback="DeepSpeed's own ZeRO-1/2 step, which also flattens, scales, copies back and "
                  "all-gathers frozen groups (megaraptr still leaves them out of the torch "
                  "optimizer: the same result, slower)"),
+    "zero12_frozen_epilogue": Patch(
+        where="megaraptr/runtime/zero/epilogue.py",
+        what="wraps the three builders of the ZeRO-1/2 reduction epilogue so that the groups of "
+             "frozen (skipped) layers get no gradient partition (no zero tensor per parameter, "
+             "no views, no zeroed fp32 buffer); installed only with megaraptr's step and norm, "
+             "which never read those partitions",
+        sources=(Z12 + ".independent_gradient_partition_epilogue",
+                 Z12 + ".finalize_gradient_accumulation_boundary", Z12 + ".get_all_grad_tensors",
+                 Z12 + ".get_flat_partition", Z12 + "._build_compact_grad_partition_buffer",
+                 Z12 + "._get_compact_grad_partition_buffer", Z12 + ".step"),
+        names={Z12: ("get_all_grad_tensors", "get_flat_partition",
+                     "_build_compact_grad_partition_buffer", "params_in_partition")},
+        fallback="DeepSpeed builds every group's gradient partition after backward, zeros for "
+                 "frozen layers, which megaraptr's step then drops unread (slower, the same "
+                 "result)"),
     "zero3_layer_norm": Patch(
         where="megaraptr/runtime/zero/norm.py",
         what="replaces _get_norm_groups on the ZeRO-3 optimizer: one fused fp64 norm over the "
@@ -312,5 +346,18 @@ PATCHES: Dict[str, Patch] = {
         no_fallback="without this convention each tensor-parallel rank would clip by a "
                     "different, wrong norm (shards missed or replicated parameters counted T "
                     "times)"),
+    "nonfinite_skip_step": Patch(
+        where="megaraptr/runtime/divergence.py",
+        what='under "on_nonfinite": "skip_step", wraps the torch optimizer\'s step, through '
+             "which alone DeepSpeed's ZeRO-0/1/2/3 and bf16 steps change weights and optimizer "
+             "state, so that a dropped step leaves both untouched; and takes a step DeepSpeed "
+             "skipped for an invalid gradient norm out of skipped_steps, stepping the LR "
+             "scheduler as _take_model_step does after an applied update",
+        sources=(ENGINE + "._take_model_step", Z12 + ".step", Z12 + "._optimizer_step",
+                 Z3 + ".step", Z3 + "._optimizer_step", BF16 + ".step"),
+        names={ENGINE: ("skipped_steps", "lr_scheduler", "basic_optimizer")},
+        no_fallback="a dropped step relies on these steps' order (norm check, then the torch "
+                    "optimizer's step; the LR scheduler stepped only without overflow); "
+                    '"on_nonfinite": "stop" needs none of it'),
 }
 """Every patch, by the name ``RaptrEngine.deepspeed_patches`` reports it under."""

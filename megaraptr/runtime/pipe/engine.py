@@ -29,7 +29,7 @@ from typing import Optional, Sequence
 import torch
 
 from megaraptr import methods
-from megaraptr.core.block import find_blocks
+from megaraptr.core.block import check_block_contract, find_blocks
 from megaraptr.core.config import PipelineSpec
 from megaraptr.core.partition import Partition
 from megaraptr.errors import ConfigError, EngineUsageError
@@ -37,11 +37,13 @@ from megaraptr.methods import build_schedule, split_ds_config
 from megaraptr.models import optimizer_groups as default_groups
 from megaraptr.models.pipe import copy_reference_weights, layer_specs, loss_fn, spec_bounds
 from megaraptr.planning.balance import Costs, imbalance, plan_partitions
-from megaraptr.planning.layout import check_layout, check_tensor_parallel, tensor_parallel_size
 from megaraptr.runtime import compat
+from megaraptr.runtime.divergence import reduce_step
 from megaraptr.runtime.engine import RaptrEngine, StepResult
+from megaraptr.runtime.initialize import unsynchronised_throughput_timer
 from megaraptr.runtime.pipe.norm import install_pipeline_norm
-from megaraptr.runtime.tp import ParallelGroups, apply_tensor_parallel
+from megaraptr.runtime.tp import (ParallelGroups, apply_tensor_parallel, check_grid,
+                                  pipeline_ds_config, pipeline_groups, pipeline_topology)
 from megaraptr.runtime.zero.groups import layer_param_groups
 
 
@@ -80,6 +82,10 @@ def check_pipeline(num_stages: int, num_layers: int, ds_config: dict,
     if ds_config.get("fp16", {}).get("enabled"):
         raise ConfigError("fp16.enabled", "fp16 with --pipeline-stages is not supported; "
                           "allowed: bf16 or fp32")
+    if raptr_config is not None and raptr_config.on_nonfinite == "skip_step":
+        raise ConfigError("raptr.on_nonfinite", '"skip_step" is not supported with '
+                          '--pipeline-stages (the loss is known only after the update); '
+                          'allowed: "stop"')
     if num_stages < 1:
         raise ConfigError("--pipeline-stages", f"{num_stages}; allowed: 1 or more")
     if num_stages > num_layers:
@@ -157,15 +163,18 @@ class RaptrPipelineEngine(RaptrEngine):
         stage = self.schedule.stage_at(min(self.applied_steps + 1, self.schedule.total_steps))
         return imbalance(self.costs, self.layer_parts, stage)
 
-    def train_batch(self, data_iter) -> StepResult:
+    def train_batch(self, data_iter, votes=()) -> StepResult:
         """One optimizer step: ``gradient_accumulation_steps`` micro-batches from
-        ``data_iter`` ((inputs, labels) pairs) through the 1F1B pipeline schedule."""
+        ``data_iter`` ((inputs, labels) pairs) through the 1F1B pipeline schedule; then the
+        step's one all-reduce (``votes``: as for :meth:`RaptrEngine.train_step`)."""
         step, stage, mask = self.begin_step()
         restore = self._rewarm_lr(step, stage)
-        loss = self.ds.train_batch(data_iter=data_iter)
+        skipped_before = self.ds.skipped_steps
+        loss = float(self.ds.train_batch(data_iter=data_iter))  # the same on every stage
         if restore:
             restore()
-        return self._result(step, stage, mask, float(loss))
+        return self._finish(step, stage, mask, loss, reduce_step(loss, votes, self.ds.device),
+                            skipped_before)
 
     def __call__(self, *args, **kwargs):
         """Refused: a pipeline runs a batch on all its stages at once (DeepSpeed's own
@@ -178,22 +187,43 @@ class RaptrPipelineEngine(RaptrEngine):
     def mlm(self) -> bool:
         return self.ds.module.raptr_model == "bert"
 
-    def train_step(self, micro_batches):
+    def train_step(self, micro_batches, votes=()):
         """``train_batch`` over a list of micro-batch dicts (the ZeRO path's interface)."""
-        return self.train_batch(iter([pipe_pair(b, self.mlm) for b in micro_batches]))
+        return self.train_batch(iter([pipe_pair(b, self.mlm) for b in micro_batches]), votes)
 
     @torch.no_grad()
     def evaluate(self, batches) -> float:
         """Mean loss of the full model over ``batches`` (micro-batches of the eval set), the
-        same on every rank. Micro-batches weigh equally (GPT: equal token counts)."""
+        same on every rank. Full micro-batches weigh equally (GPT: equal token counts); a
+        last, shorter one (a held-out set that is not a whole number of micro-batches) is
+        padded with ignored rows, since every micro-batch crossing the pipeline has one shape,
+        and weighs by its real rows."""
         was_training = self.ds.module.training
-        total, size = 0.0, self.ds.micro_batches
-        for start in range(0, len(batches), size):
-            chunk = [pipe_pair(b, self.mlm) for b in batches[start:start + size]]
-            loss = self.ds.eval_batch(iter(chunk), num_micro_batches=len(chunk))
-            total += float(loss) * len(chunk)
+        micro, size = self.ds.train_micro_batch_size_per_gpu(), self.ds.micro_batches
+        full = [b for b in batches if len(b["labels"]) == micro]
+        short = [b for b in batches if len(b["labels"]) != micro]
+        total, weight = 0.0, 0.0
+        for start in range(0, len(full), size):
+            chunk = [pipe_pair(b, self.mlm) for b in full[start:start + size]]
+            total += float(self.ds.eval_batch(iter(chunk), num_micro_batches=len(chunk))) * \
+                len(chunk)
+            weight += len(chunk)
+        for batch in short:  # each alone: eval_batch weighs the micro-batches of a call equally
+            pair = pipe_pair(pad_rows(batch, micro), self.mlm)
+            total += float(self.ds.eval_batch(iter([pair]), num_micro_batches=1)) * \
+                len(batch["labels"]) / micro
+            weight += len(batch["labels"]) / micro
         self.ds.train(was_training)
-        return total / max(len(batches), 1)
+        return total / max(weight, 1e-12)
+
+
+def pad_rows(batch: dict, rows: int) -> dict:
+    """``batch`` with ``rows`` rows: copies of its first row, every label ignored (-100)."""
+    extra = rows - len(batch["labels"])
+    ids = torch.cat([batch["input_ids"], batch["input_ids"][:1].expand(extra, -1)])
+    labels = torch.cat([batch["labels"], torch.full_like(batch["labels"][:1], -100)
+                        .expand(extra, -1)])
+    return {"input_ids": ids, "labels": labels}
 
 
 def pipe_pair(batch: dict, mlm: bool):
@@ -212,31 +242,6 @@ def plan(raptr_config, schedule, costs: Costs, num_stages: int):
                            min_gain=spec.repartition_min_gain)
 
 
-def tensor_parallel_groups(ds_config: dict, num_stages: int) -> Optional[ParallelGroups]:
-    """The tensor-parallel groups of a pipeline run (None without tensor parallelism); every
-    rank calls it, once per run (re-partitioned engines reuse them)."""
-    import torch.distributed as dist
-
-    tensor = tensor_parallel_size(ds_config)
-    if tensor == 1:
-        return None
-    check_tensor_parallel(ds_config, tensor=tensor, pipeline=True)
-    compat.require(None, "tp_grad_norm")
-    layout = check_layout(world=dist.get_world_size(), tensor=tensor, pipeline=num_stages)
-    return ParallelGroups(layout, data_groups=False)  # the grid makes the data groups
-
-
-def _pipe_ds_config(ds_config: dict, groups: Optional[ParallelGroups]) -> dict:
-    """What DeepSpeed gets: no "tensor_parallel" block (megaraptr splits the blocks) and, under
-    tensor parallelism, unpartitioned activations between stages."""
-    if groups is None:
-        return ds_config
-    out = {k: v for k, v in ds_config.items() if k != "tensor_parallel"}
-    out["pipeline"] = dict(out.get("pipeline") or {}, pipe_partitioned=False,
-                           grad_partitioned=False)
-    return out
-
-
 def initialize(name: str, cfg, *, config, num_stages: int, total_steps: int, seed: int,
                costs: Costs, reference: Optional[torch.nn.Module] = None,
                layer_parts: Optional[Partition] = None, first_step: int = 1, partitions=None,
@@ -253,35 +258,31 @@ def initialize(name: str, cfg, *, config, num_stages: int, total_steps: int, see
         first_step: the applied step the engine trains next (a resumed run: saved step + 1).
         partitions: the plan, when already made (``plan(...)``).
         optimizer_groups: ``fn(module) -> parameter groups`` (default: decay / no decay).
-        groups: the run's :func:`tensor_parallel_groups` (made here when the config asks for
-            tensor parallelism and none are given).
+        groups: the run's :func:`megaraptr.runtime.tp.pipeline_groups` (made here when the
+            config asks for tensor parallelism and none are given).
     """
     import deepspeed
-    from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
-
 
     raptr_config, ds_config = split_ds_config(config)
+    ds_config = unsynchronised_throughput_timer(ds_config)
     check_pipeline(num_stages, cfg.num_layers, ds_config, raptr_config)
-    if groups is None:
-        groups = tensor_parallel_groups(ds_config, num_stages)
-    topology = None if groups is None else PipeModelDataParallelTopology(
-        num_pp=num_stages, num_mp=groups.tensor_size, num_dp=groups.layout.data)
+    if groups is None:  # and None again without tensor parallelism
+        groups = pipeline_groups(ds_config, num_stages)
     schedule = build_schedule(raptr_config, num_layers=cfg.num_layers, total_steps=total_steps)
     partitions = partitions or plan(raptr_config, schedule, costs, num_stages)
     step = min(max(first_step, 1), schedule.total_steps)
     parts = tuple(layer_parts or partitions[schedule.stage_at(step).index])
     module = build_module(name, cfg, num_stages=num_stages, layer_parts=parts,
-                          reference=reference, topology=topology)
+                          reference=reference, topology=pipeline_topology(groups, num_stages))
     blocks = find_blocks(module, partial=True)
+    check_block_contract(blocks)
     if groups is not None:  # this stage's blocks, split over the grid's "model" axis
         apply_tensor_parallel(module, rank=groups.tensor_index, size=groups.tensor_size,
                               group=groups.tensor_group, blocks=blocks)
     params = layer_param_groups(module, blocks, (optimizer_groups or default_groups)(module))
     ds_engine, _, _, _ = deepspeed.initialize(model=module, model_parameters=params,
-                                              config=_pipe_ds_config(ds_config, groups))
-    if groups is not None and sorted(ds_engine.grid.slice_group) != groups.tensor_ranks:
-        raise RuntimeError(f"the pipeline grid's model axis {ds_engine.grid.slice_group} is not "
-                           f"the tensor-parallel group {groups.tensor_ranks}")
+                                              config=pipeline_ds_config(ds_config, groups))
+    check_grid(ds_engine, groups)
     return RaptrPipelineEngine(ds_engine, config=raptr_config, schedule=schedule,
                                seed=raptr_config.sampler_seed(seed), partitions=partitions,
                                costs=costs, tensor_parallel=groups)

@@ -75,15 +75,25 @@ def install_layer_norm(ds_optimizer, frozen: Callable[[], FrozenSet[int]],
 
         def has_overflow(partition_gradients=True):
             # inf/NaN in any gradient makes the norm invalid: one fused pass instead of an
-            # isfinite kernel per tensor (DeepSpeed's bf16 default); the norm is reused below
-            cached["norm"] = global_norm()
-            return is_invalid_grad_norm(cached["norm"])
+            # isfinite kernel per tensor (DeepSpeed's bf16 default). The combined norm that
+            # scaled_global_norm returns next is the one tested here, so the step's own test
+            # of it (a second host sync) can be left out: scaled_global_norm.verified
+            cached["norm"] = combine_grad_norm_groups([global_norm()])
+            invalid = is_invalid_grad_norm(cached["norm"])
+            verified[0] = cached["norm"]
+            return invalid
 
         def scaled_global_norm(norm_type=2):
             assert norm_type == 2, "only L2 norm supported"
             norm = cached.pop("norm", None)
-            return combine_grad_norm_groups([global_norm() if norm is None else norm],
-                                            norm_type=norm_type)
+            if norm is None:
+                verified[0] = None
+                return combine_grad_norm_groups([global_norm()], norm_type=norm_type)
+            return norm
+
+        verified = [None]
+        scaled_global_norm.verified = verified
+        """The norm tensor has_overflow tested on the host last (the step skips its test)."""
         ds_optimizer.has_overflow = has_overflow
         ds_optimizer.scaled_global_norm = scaled_global_norm
     else:
