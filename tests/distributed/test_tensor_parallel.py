@@ -16,6 +16,9 @@ the same checks under ``pytest -m slow`` (one more launch each for TP 1 and TP 2
 - Freeze: a skipped layer's weights, fp32 master and Adam state are bit-identical across the
   step on every rank (and an active layer's are not).
 - Resume: 6 steps, checkpoint, a fresh engine, 6 steps = 12 uninterrupted steps, to the bit.
+- Divergence guard: a NaN loss on tensor rank 1 alone is seen by both ranks through the step's
+  one all-reduce over every rank; under "skip_step" both drop that update (every layer
+  bit-identical across it) and train on.
 - Rank mismatch inside a tensor-parallel group (another raptr seed on tensor rank 1, one data-
   parallel replica, so a check over the data-parallel group alone would see nothing) stops
   both ranks with one line before any update.
@@ -27,6 +30,7 @@ the same checks under ``pytest -m slow`` (one more launch each for TP 1 and TP 2
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 from support import WORKERS, cpu_env, torchrun
@@ -49,7 +53,8 @@ def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("tp")
     torchrun(1, [WORKER, "ref", out] + GPT + ["gpt-fp32-z1-x2", "gpt-fp32-z1-balanced"],
              timeout=480, env=_env(out))
-    torchrun(2, [WORKER, "tp", out] + GPT + ["resume", "mismatch"], timeout=480, env=_env(out))
+    torchrun(2, [WORKER, "tp", out] + GPT + ["resume", "mismatch", "diverge"], timeout=480,
+             env=_env(out))
     torchrun(4, [WORKER, "tp", out] + TP4, timeout=480, env=_env(out))
     return out
 
@@ -146,6 +151,24 @@ def test_mismatch_in_the_tensor_group_stops_both_ranks(runs):
         assert result["error"].startswith(f"rank {rank}: ranks disagree on the subnetwork of "
                                           "step 1")
         assert "\n" not in result["error"] and f"raptr seed {3 + rank}" in result["error"]
+
+
+def test_divergence_guard_drops_the_step_on_every_tensor_rank(runs):
+    """A NaN loss on tensor rank 1 alone: the step's one all-reduce (every rank) tells both
+    ranks, and both drop the update; the clock, the subnetworks and training go on."""
+    whole = load(runs, "tp", "gpt-fp32-z1", 2)
+    for tensor_rank, (rank, ref) in enumerate(zip(load(runs, "tp", "diverge", 2), whole)):
+        steps = rank["steps"]
+        assert [s["dropped"] for s in steps] == [False, False, True, False, False, False]
+        assert keys(rank) == keys(ref)[:6]
+        assert losses(rank)[:2] == losses(ref)[:2]
+        assert math.isnan(losses(rank)[2]) == (tensor_rank == 1)  # rank 0's own loss: finite
+        assert all(steps[2]["unchanged"].values())  # no layer moved, on either tensor rank
+        for step in steps:  # the step's forward and backward still ran, and only its layers'
+            active = [i for i in step["unchanged"] if step["mask"][int(i)] == "#"]
+            assert step["all_reduces"] == PER_LAYER * len(active) * rank["gas"]
+            assert step["dropped"] or not all(step["unchanged"][i] for i in active)
+        assert math.isfinite(rank["eval"])
 
 
 def test_tp2_dp2_on_four_processes(runs):

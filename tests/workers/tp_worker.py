@@ -13,12 +13,15 @@ plans from the heavy-head costs (the reference of ``pipe-repartition``). Also, i
 - ``resume``: the ``gpt-fp32-z1`` run as 6 steps, a checkpoint, a fresh engine loading it and
   6 more steps;
 - ``mismatch``: tensor rank 1 has another raptr seed;
+- ``diverge``: the ``gpt-fp32-z1`` run for 6 steps under ``"on_nonfinite": "skip_step"``, the
+  loss NaN on tensor rank 1 only at step 3 (a forward hook, so its gradients are NaN too);
 - ``pipe-DTYPE-zSTAGE`` (N = 4): the tiny GPT as a 2-stage pipeline of TP 2 (3D: TP 2 x PP 2);
 - ``pipe-repartition`` (N = 4): the same with balanced sampling and a heavy-head cost model
   whose plan moves a layer between stages at a schedule-stage change, handed over through a
   checkpoint (the run resumes on another partition).
 
-Per step each rank records the loss (mean over data-parallel replicas), the mask, the
+Per step each rank records the loss (mean over data-parallel replicas), whether the
+divergence guard dropped the update, the mask, the
 subnetwork key, the all-reduces the tensor-parallel layers ran (counted at their
 ``torch.distributed`` calls), the active layers among its own blocks and, for every own block,
 whether its weights, fp32 master and optimizer state were bit-identical across the step. Every
@@ -81,14 +84,14 @@ def heavy_head_plan(ds_config: dict):
 
 
 def config(dtype: str, stage: int, gas: int, tensor: int, seed: int = 3,
-           sampling: str = "bernoulli") -> dict:
+           sampling: str = "bernoulli", **raptr) -> dict:
     cfg = {"train_micro_batch_size_per_gpu": MICRO, "gradient_accumulation_steps": gas,
            "gradient_clipping": 1.0, "steps_per_print": 10 ** 6,
            "optimizer": {"type": "AdamW", "params": {"lr": 2e-3, "weight_decay": 0.1,
                                                      "torch_adam": True}},
            "zero_optimization": {"stage": stage}, "bf16": {"enabled": dtype == "bf16"},
            "raptr": {"enabled": True, "schedule": "2-3-4", "seed": seed, "sampling": sampling,
-                     "consistency_check_interval": 1}}
+                     "consistency_check_interval": 1, **raptr}}
     if tensor > 1:
         cfg["tensor_parallel"] = {"autotp_size": tensor}
     return cfg
@@ -133,6 +136,7 @@ def train(engine, batches, steps, inputs=None, rows=None) -> list:
         after = [layer_state(engine, b) for b in engine.blocks]
         rows.append({
             "step": result.step, "loss": engine.mean_over_ranks(result.loss),
+            "dropped": result.dropped,
             "mask": str(result.mask), "all_reduces": COUNTER.all_reduces,
             "local_active": sum(result.mask.active[b.layer_id] for b in engine.blocks),
             "key": subnetwork_key(engine.seed, engine.schedule.fingerprint(), step, result.mask),
@@ -152,9 +156,11 @@ def summary(engine, batches, rows, inputs=None) -> dict:
 def run_dp(data, case: str, tensor: int, out_dir: str) -> dict:
     import megaraptr
 
-    name, dtype, stage, gas = parse("gpt-fp32-z1" if case == "resume" else case)
+    name, dtype, stage, gas = parse("gpt-fp32-z1" if case in ("resume", "diverge") else case)
     balanced = case.endswith("-balanced")
-    ds_config = config(dtype, stage, gas, tensor, sampling="balanced" if balanced else "bernoulli")
+    guard = {"on_nonfinite": "skip_step"} if case == "diverge" else {}
+    ds_config = config(dtype, stage, gas, tensor, sampling="balanced" if balanced else "bernoulli",
+                       **guard)
     partitions = heavy_head_plan(ds_config) if balanced else None
 
     def make():
@@ -162,14 +168,18 @@ def run_dp(data, case: str, tensor: int, out_dir: str) -> dict:
         engine, *_ = megaraptr.initialize(model=model, model_parameters=optimizer_groups(model),
                                           config=ds_config, total_steps=STEPS,
                                           partitions=partitions)
+        if case == "diverge":  # NaN loss on tensor rank 1 at step 3 (training forwards only)
+            model.register_forward_hook(lambda module, _, out: out * float("nan") if (
+                module.training and engine.applied_steps + 1 == 3
+                and engine.tp.tensor_index == 1) else None)
         return engine, inputs
 
     engine, inputs = make()
     batches = make_batches(data, seq_len=SEQ, micro_batch_size=MICRO, grad_accum=gas, seed=5,
                            dp_rank=engine.data_parallel_rank, dp_size=engine.data_parallel_size)
     if case != "resume":
-        return summary(engine, batches, train(engine, batches, range(1, STEPS + 1), inputs),
-                       inputs)
+        steps = range(1, 7 if case == "diverge" else STEPS + 1)
+        return summary(engine, batches, train(engine, batches, steps, inputs), inputs)
     rows = train(engine, batches, range(1, 7))
     save_dir = os.path.join(out_dir, "ckpt-resume")
     engine.save_checkpoint(save_dir, tag="step6")
