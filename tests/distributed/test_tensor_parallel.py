@@ -1,10 +1,12 @@
 """Tensor parallelism under RAPTR (megaraptr.runtime.tp), on CPU with gloo.
 
-Three torchrun launches of tests/workers/tp_worker.py: the references on one process, TP 2 on
-two, and TP 2 x DP 2 and TP 2 x PP 2 (3D) on four. The same tiny models, weights, data and
-raptr schedule ("2-3-4": layers 1 and 2 skipped on every step of the first stage) each time.
-The reference GPT runs in CI (about 100 s of CPU time); BERT, hf:gpt2, hf:llama and bf16 run
-the same checks under ``pytest -m slow`` (one more launch each for TP 1 and TP 2).
+Three launches of tests/workers/tp_worker.py: the references on one process (plain python:
+no torchrun agent for one process), TP 2 on two, and TP 2 x DP 2 and TP 2 x PP 2 (3D) on four
+(torchrun). The same tiny models, weights, data and raptr schedule ("2-3-4": layers 1 and 2
+skipped on every step of the first stage) each time. The reference GPT under ZeRO 0 and 2 runs
+in CI (about 80 s of CPU time, most of it the seven processes' start-up); ZeRO 1 (also covered
+in CI by TP 2 x DP 2 and 3D), BERT, hf:gpt2, hf:llama and bf16 run the same checks under
+``pytest -m slow`` (one more launch each for TP 1 and TP 2).
 
 - TP 2 follows TP 1: the fp32 loss of every step within 1e-5 relative, under ZeRO 0, 1 and 2,
   for the reference GPT and BERT and for hf:gpt2 and hf:llama (measured: at most 1.3e-7; the
@@ -31,15 +33,17 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import pytest
-from support import WORKERS, cpu_env, torchrun
+from support import WORKERS, cpu_env, run, torchrun
 
 pytestmark = pytest.mark.distributed
 
 WORKER = str(WORKERS / "tp_worker.py")
-GPT = ["gpt-fp32-z0", "gpt-fp32-z1", "gpt-fp32-z2"]
-VARIETY = ["bert-fp32-z0", "hfgpt2-fp32-z1", "hfllama-fp32-z0", "gpt-bf16-z1"]
+GPT = ["gpt-fp32-z0", "gpt-fp32-z2"]  # resume and diverge continue gpt-fp32-z2
+REFS = ["gpt-fp32-z1", "gpt-fp32-z1-x2", "gpt-fp32-z1-balanced"]  # of TP x DP and 3D
+VARIETY = ["gpt-fp32-z1", "bert-fp32-z0", "hfgpt2-fp32-z1", "hfllama-fp32-z0", "gpt-bf16-z1"]
 TP4 = ["gpt-fp32-z1", "pipe-fp32-z1", "pipe-repartition"]
 PER_LAYER = 4  # all-reduces of one active layer per micro-batch: 2 forward, 2 backward
 
@@ -51,8 +55,7 @@ def _env(out):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("tp")
-    torchrun(1, [WORKER, "ref", out] + GPT + ["gpt-fp32-z1-x2", "gpt-fp32-z1-balanced"],
-             timeout=480, env=_env(out))
+    run([sys.executable, WORKER, "ref", out] + GPT + REFS, timeout=480, env=_env(out))
     torchrun(2, [WORKER, "tp", out] + GPT + ["resume", "mismatch", "diverge"], timeout=480,
              env=_env(out))
     torchrun(4, [WORKER, "tp", out] + TP4, timeout=480, env=_env(out))
@@ -62,7 +65,7 @@ def runs(tmp_path_factory):
 @pytest.fixture(scope="module")
 def variety(tmp_path_factory):
     out = tmp_path_factory.mktemp("tp-variety")
-    torchrun(1, [WORKER, "ref", out] + VARIETY, timeout=480, env=_env(out))
+    run([sys.executable, WORKER, "ref", out] + VARIETY, timeout=480, env=_env(out))
     torchrun(2, [WORKER, "tp", out] + VARIETY, timeout=480, env=_env(out))
     return out
 
@@ -138,7 +141,7 @@ def test_skipped_layers_bert_hf_bf16(variety):
 
 
 def test_resume_is_exact(runs):
-    whole = load(runs, "tp", "gpt-fp32-z1", 2)
+    whole = load(runs, "tp", "gpt-fp32-z2", 2)
     for resumed, ref in zip(load(runs, "tp", "resume", 2), whole):
         assert losses(resumed) == losses(ref)
         assert keys(resumed) == keys(ref) and resumed["digest"] == ref["digest"]
@@ -156,7 +159,7 @@ def test_mismatch_in_the_tensor_group_stops_both_ranks(runs):
 def test_divergence_guard_drops_the_step_on_every_tensor_rank(runs):
     """A NaN loss on tensor rank 1 alone: the step's one all-reduce (every rank) tells both
     ranks, and both drop the update; the clock, the subnetworks and training go on."""
-    whole = load(runs, "tp", "gpt-fp32-z1", 2)
+    whole = load(runs, "tp", "gpt-fp32-z2", 2)
     for tensor_rank, (rank, ref) in enumerate(zip(load(runs, "tp", "diverge", 2), whole)):
         steps = rank["steps"]
         assert [s["dropped"] for s in steps] == [False, False, True, False, False, False]

@@ -1,6 +1,7 @@
 """Tensor-parallel scenarios, run under torchrun by tests/distributed/test_tensor_parallel.py.
 
     torchrun --nproc_per_node N tests/workers/tp_worker.py MODE OUT_DIR CASE [CASE ...]
+    python tests/workers/tp_worker.py ref OUT_DIR CASE [CASE ...]    (one process)
 
 MODE ``ref`` (N = 1) trains without tensor parallelism, the reference; MODE ``tp`` trains the
 same model, weights, data and config with ``"tensor_parallel": {"autotp_size": 2}`` (N = 2:
@@ -10,10 +11,10 @@ TP 2; N = 4: TP 2 x DP 2). A case is ``MODEL-DTYPE-zSTAGE[-xK|-balanced]``: MODE
 data-parallel replicas), ``-balanced``: balanced sampling on the partitions a 2-stage pipeline
 plans from the heavy-head costs (the reference of ``pipe-repartition``). Also, in MODE ``tp``:
 
-- ``resume``: the ``gpt-fp32-z1`` run as 6 steps, a checkpoint, a fresh engine loading it and
+- ``resume``: the ``gpt-fp32-z2`` run as 6 steps, a checkpoint, a fresh engine loading it and
   6 more steps;
 - ``mismatch``: tensor rank 1 has another raptr seed;
-- ``diverge``: the ``gpt-fp32-z1`` run for 6 steps under ``"on_nonfinite": "skip_step"``, the
+- ``diverge``: the ``gpt-fp32-z2`` run for 6 steps under ``"on_nonfinite": "skip_step"``, the
   loss NaN on tensor rank 1 only at step 3 (a forward hook, so its gradients are NaN too);
 - ``pipe-DTYPE-zSTAGE`` (N = 4): the tiny GPT as a 2-stage pipeline of TP 2 (3D: TP 2 x PP 2);
 - ``pipe-repartition`` (N = 4): the same with balanced sampling and a heavy-head cost model
@@ -156,7 +157,7 @@ def summary(engine, batches, rows, inputs=None) -> dict:
 def run_dp(data, case: str, tensor: int, out_dir: str) -> dict:
     import megaraptr
 
-    name, dtype, stage, gas = parse("gpt-fp32-z1" if case in ("resume", "diverge") else case)
+    name, dtype, stage, gas = parse("gpt-fp32-z2" if case in ("resume", "diverge") else case)
     balanced = case.endswith("-balanced")
     guard = {"on_nonfinite": "skip_step"} if case == "diverge" else {}
     ds_config = config(dtype, stage, gas, tensor, sampling="balanced" if balanced else "bernoulli",
