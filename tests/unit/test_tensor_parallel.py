@@ -221,3 +221,27 @@ def test_config_tool_validates_and_explains_the_layout(tmp_path, capsys):
     assert config_tool.main(["validate", zero3] + base) == 2
     assert "zero_optimization.stage: 3 with tensor_parallel.autotp_size 4" in \
         capsys.readouterr().err
+
+
+@pytest.mark.parametrize("load", ["dir", "auto"])
+def test_training_refuses_a_checkpoint_of_another_tensor_parallel_size(tmp_path, capsys, load):
+    """Before anything is built, on the checkpoint the run would resume (--load DIR or
+    --load auto's pick): its T must be the config's."""
+    save = tmp_path / "ckpt"
+    (save / "step5").mkdir(parents=True)
+    (save / "latest").write_text("step5")
+    state = {"raptr": {"version": 1, "schedule_fingerprint": "another", "seed": 0,
+                       "schedule": "another", "tensor_parallel": 2}}  # a TP 2 run's state
+    torch.save(state, save / "step5" / "mp_rank_00_model_states.pt")
+    where = ["--load", str(save)] if load == "dir" else ["--load", "auto", "--save", str(save)]
+    argv = ["validate", _tp_config(tmp_path), "--model", "gpt", "--size", "medium",
+            "--override-raptr-schedule"] + where
+    assert config_tool.main(argv) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"megaraptr-config: error: {save / 'step5'} was written with "
+        "tensor_parallel.autotp_size 2; this run has 4: each rank's files hold its shards, so "
+        "resume with autotp_size 2")
+    state["raptr"]["tensor_parallel"] = 4
+    torch.save(state, save / "step5" / "mp_rank_00_model_states.pt")
+    assert config_tool.main(argv) == 0
+    assert capsys.readouterr().out.startswith("ok: ")
