@@ -80,7 +80,7 @@ def check(path: str, *, model: str, size: Optional[str], train_steps: Optional[i
         ConfigError (and the other MegaraptrErrors training raises): the line training prints.
     """
     if layers is not None:
-        return check_own(path, layers=layers, train_steps=train_steps)
+        return check_own(path, layers=layers, train_steps=train_steps, world_size=world_size)
     ds_config = load_ds_config(path)
     if size is None:
         raise size_needed(parse_raptr_block(ds_config.get("raptr")))

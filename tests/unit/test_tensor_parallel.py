@@ -217,10 +217,17 @@ def test_config_tool_validates_and_explains_the_layout(tmp_path, capsys):
         "multiple of T x P")
     assert config_tool.main(["validate", path, "--model", "gpt", "--size", "1.6b"]) == 2
     assert "gpt has 18 attention heads, not divisible by 4" in capsys.readouterr().err
-    zero3 = _tp_config(tmp_path, zero_optimization={"stage": 3})
+    own = ["--layers", "24", "--world-size", "8"]  # your own model: initialize's checks
+    assert config_tool.main(["validate", path] + own) == 0
+    assert capsys.readouterr().out.rstrip().endswith(", TP 4 x PP 1 x DP 2 = 8 ranks")
+    assert config_tool.main(["validate", path, "--layers", "24", "--world-size", "6"]) == 2
+    assert "world size 6 is not divisible by tensor parallel 4" in capsys.readouterr().err
+    zero3 = _tp_config(tmp_path, zero_optimization={"stage": 3})  # the same file, rewritten
     assert config_tool.main(["validate", zero3] + base) == 2
     assert "zero_optimization.stage: 3 with tensor_parallel.autotp_size 4" in \
         capsys.readouterr().err
+    assert config_tool.main(["validate", zero3, "--layers", "24"]) == 2
+    assert "zero_optimization.stage: 3 with" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("load", ["dir", "auto"])
