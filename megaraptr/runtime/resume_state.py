@@ -13,12 +13,13 @@ restores ``global_steps``). What the step cannot give is the run's history and i
   where the uninterrupted one would (absent in older checkpoints: a fresh guard);
 - ``tensor_parallel`` (only when T > 1, so other checkpoints are unchanged): each rank's files
   hold its shards, so a resume under another T is refused.
+
+Checkpoints also carry it in their manifest, so that it is read without unpickling anything
+(:mod:`megaraptr.runtime.checkpoints`).
 """
 from __future__ import annotations
 
 import dataclasses
-import glob
-import os
 from typing import Optional
 
 from megaraptr.errors import CheckpointError
@@ -68,44 +69,6 @@ def check_saved_tensor_parallel(state: Optional[dict], tensor: int, where: str) 
                               f"resume with autotp_size {saved}")
 
 
-def find_checkpoint(load_dir: str, tag: Optional[str] = None) -> str:
-    """The checkpoint folder that ``load_checkpoint(load_dir, tag)`` would read.
-
-    Raises:
-        CheckpointError: no such folder, or no 'latest' file and no tag.
-    """
-    if not os.path.isdir(load_dir):
-        raise CheckpointError(f"--load {load_dir}: no such directory")
-    if tag is None:
-        latest = os.path.join(load_dir, "latest")
-        if not os.path.isfile(latest):
-            raise CheckpointError(f"--load {load_dir}: no DeepSpeed checkpoint there (no 'latest' "
-                                  "file)")
-        with open(latest) as f:
-            tag = f.read().strip()
-    path = os.path.join(load_dir, tag)
-    if not os.path.isdir(path):
-        raise CheckpointError(f"--load {load_dir}: checkpoint tag '{tag}' has no folder {path}")
-    return path
-
-
-def read_raptr_state(checkpoint_path: str, key: str = "raptr") -> Optional[dict]:
-    """megaraptr's state from a checkpoint folder, read lazily (mmap) before any engine exists
-    (``key``: another entry of the client state, e.g. the training loop's "train")."""
-    import torch
-
-    files = sorted(glob.glob(os.path.join(checkpoint_path, "mp_rank_*model_states.pt"))) or \
-        sorted(glob.glob(os.path.join(checkpoint_path, "*model_states.pt")))  # not layer_XX-
-    if not files:
-        raise CheckpointError(f"{checkpoint_path}: no DeepSpeed model states file in it")
-    try:
-        states = torch.load(files[0], map_location="cpu", weights_only=False, mmap=True)
-    except Exception as err:  # a truncated or foreign file: say which, in one line
-        raise CheckpointError(f"{files[0]}: cannot be read ({type(err).__name__}: {err})") \
-            from None
-    return states.get(key)
-
-
 def check_compatible(state: Optional[dict], schedule, seed: int, where: str,
                      override_schedule: bool) -> None:
     """Refuse a checkpoint trained under another schedule or seed, unless overridden.
@@ -128,28 +91,6 @@ def check_compatible(state: Optional[dict], schedule, seed: int, where: str,
             f"{where} was trained with {state['schedule']}; this run has "
             f"{describe(schedule, seed)}. Resume with the same raptr block, seed and train "
             "steps, or pass --override-raptr-schedule")
-
-
-def check_before_load(engine, load_dir: str, tag: Optional[str]) -> None:
-    """What can be refused before DeepSpeed reads a checkpoint (another tensor-parallel size,
-    whose shards would not fit); nothing when there is no checkpoint to read (DeepSpeed finds
-    none either, and :func:`restore_raptr_state` says so)."""
-    try:
-        found = find_checkpoint(load_dir, tag)
-    except CheckpointError:
-        return
-    check_saved_tensor_parallel(read_raptr_state(found), tensor_size(engine),
-                          found)
-
-
-def load(engine, load_dir: str, tag: Optional[str], override_schedule: bool, **kwargs):
-    """``engine.ds.load_checkpoint`` between megaraptr's checks: what can be refused before
-    DeepSpeed reads anything (:func:`check_before_load`), then the schedule and the run's
-    history (:func:`restore_raptr_state`). Returns (path, client_state) like DeepSpeed."""
-    check_before_load(engine, load_dir, tag)
-    path, client_state = engine.ds.load_checkpoint(load_dir, tag=tag, **kwargs)
-    restore_raptr_state(engine, path, client_state, override_schedule)
-    return path, client_state
 
 
 def restore_raptr_state(engine, path: Optional[str], client_state: Optional[dict],

@@ -8,7 +8,7 @@ they resolved (:class:`Checked`); :func:`resolve_costs` picks the step costs of 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from megaraptr import methods
 from megaraptr.core.config import load_ds_config, scheduler_warmup_note
@@ -36,8 +36,12 @@ class Checked:
     """Where the run length came from ("--train-steps" or the scheduler's total_num_steps)."""
     label: str = ""
     """The model, as printed: ``bert-base`` or ``your model``."""
-    notes: tuple = ()
-    """Warnings the checks raised (e.g. an LR warmup as long as the run)."""
+    notes: Tuple[str, ...] = ()
+    """Warnings the checks raised (e.g. an LR warmup as long as the run, a checkpoint that
+    failed verification or is unverified) and what the run would change (an adjusted gradient
+    accumulation)."""
+    resume: Optional[object] = None
+    """The checkpoint --load would resume (every file's sha256 verified), or None."""
     layout: object = None
     """The TP x PP x DP layout under tensor parallelism (megaraptr.planning.layout.Layout)."""
 
@@ -90,11 +94,12 @@ def check(path: str, *, model: str, size: Optional[str], train_steps: Optional[i
     flags = parse_args(argv + list(extra or []))
     if world_size is None:
         world_size = tensor_parallel_size(ds_config) * max(pipeline_stages, 1)
-    plan = validate(flags, world_size)
+    plan = validate(flags, world_size, verify="checksums")  # one process: it hashes every file
     schedule = build_schedule(plan.raptr, num_layers=plan.num_layers,
                               total_steps=flags.train_steps)
+    notes = (plan.resume.notes if plan.resume else ()) + plan.notes
     return Checked(str(path), flags, plan.raptr, plan.ds_config, schedule, steps_from,
-                   f"{flags.model}-{flags.size}", plan.notes, plan.layout)
+                   f"{flags.model}-{flags.size}", notes, resume=plan.resume, layout=plan.layout)
 
 
 def check_own(path: str, *, layers: int, train_steps: Optional[int],
@@ -112,7 +117,7 @@ def check_own(path: str, *, layers: int, train_steps: Optional[int],
     layout = check_layout(world=world_size or tensor, tensor=tensor) if tensor > 1 else None
     note = scheduler_warmup_note(ds_config, steps)
     return Checked(str(path), None, raptr, ds_config, schedule, steps_from, "your model",
-                   (note,) if note else (), layout)
+                   (note,) if note else (), layout=layout)
 
 
 def describe_method(raptr, schedule) -> str:
@@ -141,6 +146,10 @@ def run_summary(checked: Checked) -> str:
              f"sequences x {ds.get('gradient_accumulation_steps', 1)} accumulation per GPU"
              + (f", pipeline of {pipeline} stages" if pipeline else "")
              + (f", {checked.layout.describe()}" if checked.layout is not None else "")]
+    if checked.resume is not None:
+        step = (checked.resume.manifest or {}).get("step")
+        parts.append(f"resumes {checked.resume.path}" + (f" at step {step}" if step else "")
+                     + (", verified" if checked.resume.manifest else ", unverified"))
     return "; ".join(parts)
 
 

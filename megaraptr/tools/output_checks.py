@@ -5,14 +5,16 @@
   a file is in the way), instead of failing after the whole run.
 - The TensorBoard (and csv monitor) ``job_name``, the folder DeepSpeed writes under
   ``output_path``: a name the config gives must be one plain folder name (no path separator,
-  no ``..``); the name megaraptr derives (``{model}-{size}-{method}-seed{S}``, where an
-  ``hf:PATH`` model contributes the type from its config.json) is made safe instead
-  (:func:`safe_job_name`).
+  no ``..``); the name megaraptr derives (``{model}-{size}-{method}-seed{S}-{run id}``, where
+  an ``hf:PATH`` model contributes the type from its config.json) is made safe instead
+  (:func:`safe_job_name`). The run id (:func:`new_run_id`, the UTC time of the run's first
+  start) travels in its checkpoints, so a resumed run writes on in its own folder.
 """
 from __future__ import annotations
 
 import os
 import re
+import time
 
 from megaraptr.errors import ConfigError
 
@@ -63,3 +65,12 @@ def safe_job_name(name: str) -> str:
     while ".." in name:
         name = name.replace("..", "_")
     return name if name not in ("", ".") else "_"
+
+
+RUN_ID = re.compile(r"[0-9]{8}-[0-9]{6}")
+"""What a run id looks like (one read from a checkpoint is used only if it does)."""
+
+
+def new_run_id() -> str:
+    """A new run's id: the UTC time of its first start, to the second (e.g. 20261130-041502)."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime())

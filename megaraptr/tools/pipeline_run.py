@@ -32,11 +32,12 @@ from megaraptr.data import make_batches
 from megaraptr.models import build_model
 from megaraptr.planning.balance import Costs, imbalance
 from megaraptr.planning.profiling import measure_costs
+from megaraptr.runtime.checkpoints import Resume
 from megaraptr.runtime.distributed import device as accelerator_device
 from megaraptr.runtime.pipe import engine as pipeline, repartition
-from megaraptr.runtime.resume_state import read_raptr_state
 from megaraptr.runtime.tp import apply_tensor_parallel, pipeline_groups
 from megaraptr.tools.preflight import RunPlan
+from megaraptr.tools.resume_check import run_facts
 from megaraptr.tools.train_data import RunData
 
 
@@ -46,17 +47,18 @@ class PipelineRun:
 
     inputs = None  # the pipeline reads (inputs, labels) pairs made from the batch dicts
 
-    def __init__(self, plan: RunPlan, data: RunData):
+    def __init__(self, plan: RunPlan, data: RunData, resume: Optional[Resume] = None):
         flags = plan.flags
         self.flags, self.ds_config = flags, dict(plan.ds_config)
+        self.override_schedule = flags.override_raptr_schedule
+        self.keep, self.run = flags.keep_checkpoints, run_facts(flags)
         self.sampler_seed = plan.sampler_seed
         torch.manual_seed(flags.seed)  # the reference model's weights: a function of --seed
         reference = build_model(flags.model, flags.size, vocab_size=data.vocab_size,
                                 seq_len=flags.seq_len, dropout=flags.dropout)
         self.num_parameters = sum(p.numel() for p in reference.parameters())
         self.cfg = reference.cfg
-        resumed = read_raptr_state(plan.resume_from) if plan.resume_from else None
-        self.resumed = resumed or {}
+        self.resumed = (resume.state("raptr") if resume is not None else None) or {}
         """megaraptr's state in the checkpoint being resumed (empty for a new run)."""
         self.groups = pipeline_groups(self.ds_config, flags.pipeline_stages)
         """The tensor-parallel groups (None without tensor parallelism), made once per run."""
@@ -97,13 +99,13 @@ class PipelineRun:
             layer_parts=layer_parts, first_step=self.resumed.get("applied_steps", 0) + 1,
             groups=self.groups)
 
-    def load(self, checkpoint: str) -> dict:
-        load_dir, tag = os.path.split(os.path.normpath(checkpoint))
-        _, client_state = repartition.load(self.engine, load_dir, tag)
+    def load(self, resume: Resume) -> dict:
+        _, client_state = repartition.load(self.engine, resume.load_dir, resume.tag, verify=False,
+                                           override_schedule=self.override_schedule)
         return client_state or {}
 
     def save(self, save_dir: str, tag: str, client_state: dict) -> None:
-        repartition.save(self.engine, save_dir, tag, client_state)
+        repartition.save(self.engine, save_dir, tag, client_state, run=self.run, keep=self.keep)
 
     def next_engine(self, client_state: dict):
         """The engine for the next step: this one, or a re-partitioned one (through a
@@ -111,14 +113,15 @@ class PipelineRun:
         engine = self.engine
         if engine.needs_repartition() is None:
             return engine
-        save_dir = self.flags.save
+        save_dir, keep = self.flags.save, self.keep
         if save_dir is None:
+            keep = 1  # the scratch folder needs the hand-over checkpoint only
             if self._scratch is None:
                 self._scratch = _shared_tempdir()
             save_dir = self._scratch
         old = engine.layer_parts
         engine, _ = repartition.repartition(engine, self.build, save_dir,
-                                            client_state=client_state)
+                                            client_state=client_state, run=self.run, keep=keep)
         if torch.distributed.get_rank() == 0:
             print(f"megaraptr: step {engine.applied_steps + 1}: re-partitioned the pipeline "
                   f"{list(old)} -> {list(engine.layer_parts)} (predicted imbalance "

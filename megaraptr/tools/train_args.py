@@ -41,15 +41,30 @@ def _non_negative_float(text: str) -> float:
     return value
 
 
+class _ShowDefaults(argparse.HelpFormatter):
+    """``--help`` names each flag's default, unless the help already says it or there is none
+    (None, False: the flag is off unless given)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text.lower() or action.default in (None, False, argparse.SUPPRESS) \
+                or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)" if text else "default: %(default)s"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="megaraptr-train", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="megaraptr-train", description="Pretrain a BERT, GPT or Hugging Face model with "
+                                "RAPTR (or a baseline) under DeepSpeed.",
+                                formatter_class=_ShowDefaults)
     p.add_argument("--deepspeed_config", "--deepspeed-config", required=True, metavar="FILE",
                    help="DeepSpeed JSON config with an optional \"raptr\" block")
     p.add_argument("--deepspeed", action="store_true", help="accepted for compatibility")
     p.add_argument("--model", default="bert", metavar="MODEL",
                    help=f"{', '.join(sorted(MODELS))}, or a Hugging Face model: hf:bert, "
                         "hf:gpt2, hf:llama (shaped by --size) or hf:PATH (a local config.json)")
-    p.add_argument("--size", choices=list(SIZES), default="tiny")
+    p.add_argument("--size", choices=list(SIZES), default="tiny",
+                   help="layers x width of the model (docs/training.md lists them)")
     p.add_argument("--objective", choices=["causal", "ul2"], default="causal",
                    help="--model gpt's training objective: next-token (causal) or UL2's "
                         "mixture of denoisers (ul2); eval is next-token either way")
@@ -62,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "(docs/data.md); default: the built-in sample")
     p.add_argument("--tokenizer", metavar="FILE", default=None,
                    help="tokenizer.json to use instead of training one on the data")
-    p.add_argument("--vocab-size", type=_positive, default=8192)
+    p.add_argument("--vocab-size", type=_positive, default=8192,
+                   help="size of the tokenizer trained on raw --data")
     p.add_argument("--seq-len", type=_positive, default=None,
                    help="tokens per sequence (default by size: tiny/mini 128, base 512, "
                         "medium 1024)")
@@ -71,32 +87,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exit-at-step", type=_positive, default=None,
                    help="save and exit cleanly after this step (the schedule still spans "
                         "--train-steps)")
-    p.add_argument("--log-interval", type=_non_negative, default=0, metavar="N",
+    p.add_argument("--log-interval", type=_non_negative, default=None, metavar="N",
                    help="print one line every N steps (rank 0): step, loss, LR, layers, "
-                        "tokens/s (0: the progress bar only)")
+                        "tokens/s, ETA (0: none). Default: none on a terminal (the progress "
+                        "bar), else every max(1, min(100, train steps / 10)) steps")
     p.add_argument("--eval-interval", type=_non_negative, default=0,
                    help="evaluate the full model every N steps (always at start and end)")
     p.add_argument("--eval-sequences", type=_positive, default=64,
                    help="held-out sequences per evaluation")
     p.add_argument("--save", metavar="DIR", default=None,
                    help="checkpoint folder: saved every --save-interval steps, every "
-                        "--save-every-minutes, at the end, and on SIGTERM/SIGUSR1")
+                        "--save-every-minutes, at the end, and on SIGTERM/SIGUSR1; complete or "
+                        "absent, one run at a time (the run locks the folder)")
     p.add_argument("--save-interval", type=_non_negative, default=DEFAULT_SAVE_INTERVAL,
                    metavar="N", help="save every N steps (0: only at the end and on a stop; "
                    f"default {DEFAULT_SAVE_INTERVAL})")
     p.add_argument("--save-every-minutes", type=_non_negative_float, default=0.0, metavar="M",
                    help="also save on the first step after M minutes since the last save "
                         "(0: off)")
+    p.add_argument("--keep-checkpoints", type=_non_negative, default=3, metavar="K",
+                   help="keep the newest K complete checkpoints under --save (0: keep all; the "
+                        "one 'latest' names is never deleted)")
     p.add_argument("--load", metavar="DIR", default=None,
-                   help="resume from DIR's latest checkpoint; 'auto': from --save's newest "
-                        "checkpoint when there is one, else start fresh (one command that is "
-                        "safe to requeue)")
+                   help="resume from DIR's 'latest' checkpoint, verified (else the newest "
+                        "complete one); 'auto': the same in --save, or a new run when nothing "
+                        "was saved there yet (one command that is safe to requeue)")
     p.add_argument("--override-raptr-schedule", action="store_true",
                    help="resume although the checkpoint was trained under another schedule")
-    p.add_argument("--seed", type=_non_negative, default=1234)
+    p.add_argument("--seed", type=_non_negative, default=1234,
+                   help="model init, data order, masking, dropout, and the subnetwork sampler "
+                        "unless raptr.seed is set")
     p.add_argument("--lr", type=float, default=1e-3,
                    help="learning rate when the config has no optimizer block")
-    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--dropout", type=float, default=0.0, help="dropout probability in [0, 1)")
     p.add_argument("--activation-checkpointing", choices=["none", "torch", "deepspeed"],
                    default="none", help="recompute each block in backward: torch's "
                    "checkpointing, or DeepSpeed's (its \"activation_checkpointing\" block)")
@@ -129,14 +152,17 @@ class TrainFlags:
     """--seq-len, or the size's default (:data:`DEFAULT_SEQ_LEN`)."""
     train_steps: int
     exit_at_step: Optional[int]
-    log_interval: int
+    log_interval: Optional[int]
+    """--log-interval; None: by whether stdout is a terminal (tools/train_log.py)."""
     eval_interval: int
     eval_sequences: int
     save: Optional[str]
     save_interval: int
     save_every_minutes: float
+    keep_checkpoints: int
+    """--keep-checkpoints: complete checkpoints kept under --save (0: all)."""
     load: Optional[str]
-    """--load: a checkpoint folder, or "auto" (:mod:`megaraptr.tools.resume_point`)."""
+    """--load DIR, or "auto" (:func:`megaraptr.tools.resume_check.find`)."""
     override_raptr_schedule: bool
     seed: int
     """--seed: model initialization, data order and dropout (the sampler's seed is the raptr

@@ -25,6 +25,7 @@ from tqdm import tqdm
 from megaraptr.runtime import monitor
 from megaraptr.tools.preflight import RunPlan
 from megaraptr.tools.run_control import RunControl
+from megaraptr.tools.train_log import resolve_log_interval, step_line
 from megaraptr.tools.train_setup import TrainSetup
 
 
@@ -60,6 +61,8 @@ class History:
     """[step, eval loss] per evaluation."""
     eval_clock: List[list] = dataclasses.field(default_factory=list)
     """[step, wall_seconds, layer FLOPs fraction] per evaluation."""
+    run_id: Optional[str] = None
+    """The run's id (its TensorBoard folder's suffix), kept by every resumed session."""
 
     def restore(self, state: dict) -> None:
         """Continue the record a checkpoint saved (keys it lacks keep their start values)."""
@@ -81,15 +84,22 @@ class TrainLoop:
         self.rank = torch.distributed.get_rank()
         self.saved: Optional[str] = None
         """The tag of the last checkpoint this session wrote."""
+        self.tty = sys.stdout.isatty()
+        self.log_interval = resolve_log_interval(self.flags.log_interval,
+                                                 self.flags.train_steps, self.tty)
+        self.session_steps, self.session_seconds = 0, 0.0
         engine = setup.engine
         self.eval_set = to_device(batches.eval_batches(self.flags.eval_sequences,
                                                        engine.train_micro_batch_size_per_gpu()),
                                   engine.device, setup.inputs)
 
-    def evaluate(self, step: int) -> float:
-        """The full model's held-out loss at ``step``, recorded and logged."""
+    def evaluate(self, step: int, *, log: bool = False) -> float:
+        """The full model's held-out loss at ``step``, recorded and written to TensorBoard
+        (``log``: and printed, rank 0)."""
         engine = self.setup.engine
         loss = engine.evaluate(self.eval_set)
+        if log and self.rank == 0:
+            print(f"megaraptr: step {step}: eval loss {loss:.4f}", flush=True)
         self.history.eval.append([step, loss])
         self.history.eval_clock.append([step, self.history.wall_seconds,
                                         engine.layer_flops_fraction()])
@@ -102,8 +112,8 @@ class TrainLoop:
         flags = self.flags
         stop_at = flags.exit_at_step or flags.train_steps
         bar = _Bar(total=flags.train_steps, initial=self.setup.engine.applied_steps,
-                   disable=self.rank != 0, dynamic_ncols=True, desc="train",
-                   mininterval=0.5 if sys.stderr.isatty() else 30)
+                   disable=self.rank != 0 or not sys.stderr.isatty(),  # a file: plain lines
+                   dynamic_ncols=True, desc="train", mininterval=0.5)
         try:  # the bar ends its line however the loop ends (an error's line comes after it)
             while self.setup.engine.applied_steps < stop_at:
                 stop = self._step(bar, stop_at)
@@ -126,6 +136,8 @@ class TrainLoop:
         loss = result.mean_loss  # all ranks' mean, from the step's one all-reduce
         elapsed = time.perf_counter() - t0
         history.wall_seconds += elapsed
+        self.session_steps, self.session_seconds = self.session_steps + 1, \
+            self.session_seconds + elapsed
         history.tokens += batches.tokens_per_step
         tps = batches.tokens_per_step / elapsed
         lr_scheduler = engine.lr_scheduler
@@ -138,11 +150,12 @@ class TrainLoop:
                         layers=result.mask.num_active, tok_s=f"{tps:,.0f}", refresh=False)
         bar.update(1 if result.applied else 0)
         done = engine.applied_steps
-        if flags.log_interval and self.rank == 0 and done % flags.log_interval == 0:
+        if self.log_interval and self.rank == 0 and done % self.log_interval == 0:
             bar.clear()
-            print(f"megaraptr: step {done}/{flags.train_steps}: loss {loss:.4f}, lr {lr:.3g}, "
-                  f"{result.mask.num_active} layers, {tps:,.0f} tokens/s"
-                  f"{', update dropped (diverged)' if result.dropped else ''}", flush=True)
+            print(step_line(done, flags.train_steps, loss=loss, lr=lr,
+                            layers=result.mask.num_active, tokens_per_s=tps,
+                            seconds_per_step=self.session_seconds / self.session_steps,
+                            dropped=result.dropped), flush=True)
         stop = self.control.stop_reason(result.votes) if done < stop_at else None
         if stop and self.rank == 0:
             bar.clear()
@@ -155,7 +168,7 @@ class TrainLoop:
         """Evaluate and save when step ``done`` (applied) asks for it (``save``: the votes do)."""
         flags = self.flags
         if flags.eval_interval and done % flags.eval_interval == 0 and done < flags.train_steps:
-            self.evaluate(done)
+            self.evaluate(done, log=True)
         if flags.save and (save or done == stop_at or
                            (flags.save_interval and done % flags.save_interval == 0)):
             self.setup.save(flags.save, f"step{done}", {"train": self.history.state()})

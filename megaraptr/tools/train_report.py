@@ -54,10 +54,12 @@ def summarize(plan: RunPlan, setup: TrainSetup, history: History, *, final: Opti
         "subnetwork_digest": engine.digest.hexdigest, "raptr_enabled": plan.raptr.enabled,
         "method": plan.method, "kernels": engine.kernels,
         "deepspeed_patches": engine.deepspeed_patches,
-        "model": flags.model, "size": flags.size, "objective": flags.objective,
+        "model": flags.model, "size": flags.size, "objective": plan.objective,
+        "run_id": plan.run_id,
         "world_size": world, "pipeline": setup.summary(),
         "schedule": engine.schedule.describe(), "tensorboard_dir": tb_dir,
-        "resumed_from": plan.resume_from, "dropped_steps": engine.guard.dropped,
+        "resumed_from": plan.resume.path if plan.resume else None,
+        "dropped_steps": engine.guard.dropped,
     }
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -110,6 +111,9 @@ def test_resume_equals_uninterrupted_run(runs):
     assert resumed["eval_history"] == straight["eval_history"]
     assert resumed["layer_flops_fraction"] == straight["layer_flops_fraction"]
     assert first["subnetwork_digest"] != straight["subnetwork_digest"]
+    # each run its own TensorBoard folder (its run id); the resumed session writes on in its run's
+    assert resumed["run_id"] == first["run_id"] != straight["run_id"]
+    assert resumed["tensorboard_dir"] == first["tensorboard_dir"] != straight["tensorboard_dir"]
 
 
 def test_summary_reports_the_run(runs):
@@ -117,7 +121,12 @@ def test_summary_reports_the_run(runs):
     for key in ("steps", "final_eval_loss", "wall_seconds", "tokens_per_second",
                 "layer_flops_fraction", "subnetwork_digest"):
         assert key in summary, key
-    assert summary["world_size"] == 2
+    assert summary["world_size"] == 2 and summary["objective"] == "mlm"
+    data = summary["data"]  # what the data summary line said
+    assert data["tokenizer"] == "wordpiece" and data["vocab_size"] == 8192
+    assert data["sequences_per_step"] * data["seq_len"] * 40 == summary["tokens"]
+    assert data["passes"] == pytest.approx(40 * data["sequences_per_step"] /
+                                           data["train_sequences"])
     assert summary["final_eval_loss"] < summary["initial_eval_loss"] - 1.0
     assert 0.5 < summary["layer_flops_fraction"] < 1.0
     assert summary["layer_flops_fraction"] == pytest.approx(
@@ -127,7 +136,9 @@ def test_summary_reports_the_run(runs):
 def test_tensorboard_has_every_tag_each_step(runs):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    logdir = runs["tmp"] / "tb" / "bert-tiny-raptr-seed1234"
+    logdir = Path(runs["straight"]["tensorboard_dir"])
+    assert logdir.parent == runs["tmp"] / "tb"
+    assert re.fullmatch(r"bert-tiny-raptr-seed1234-\d{8}-\d{6}", logdir.name), logdir.name
     acc = EventAccumulator(str(logdir))
     acc.Reload()
     tags = set(acc.Tags()["scalars"])

@@ -69,7 +69,10 @@ def test_resume_is_exact_across_repartitions(runs):
 def test_tensorboard_has_pipeline_imbalance(runs):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    acc = EventAccumulator(str(runs["tmp"] / "tb" / "gpt-tiny-raptr-seed1234"))
+    assert runs["straight"]["objective"] == "causal"
+    logdir = runs["tmp"] / "tb" / f"gpt-tiny-raptr-seed1234-{runs['straight']['run_id']}"
+    assert runs["straight"]["tensorboard_dir"] == str(logdir)
+    acc = EventAccumulator(str(logdir))
     acc.Reload()
     imbalance = acc.Scalars("raptr/pipeline_imbalance")
     assert {e.step for e in imbalance} >= set(range(1, STEPS + 1))

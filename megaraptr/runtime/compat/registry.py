@@ -14,26 +14,15 @@ DeepSpeed's own path is wrong for RAPTR there or does not exist).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Dict
 
-SUPPORTED = "0.19.8"
-"""The DeepSpeed release whose sources the hashes below were recorded from."""
+from megaraptr.runtime.compat.checkpoint_patches import CHECKPOINT_PATCHES, CHECKPOINT_SOURCES
+from megaraptr.runtime.compat.patch import (BF16, COMM, ENGINE, GRID, LINK, MANGLED, PIPE, PPC,
+                                            PPCM, SUPPORTED, Z3, Z12, Z12M, Patch)
 
-Z12M = "deepspeed.runtime.zero.stage_1_and_2"
-Z12 = Z12M + ":DeepSpeedZeroOptimizer"
-Z3 = "deepspeed.runtime.zero.stage3:DeepSpeedZeroOptimizer_Stage3"
-PPCM = "deepspeed.runtime.zero.partitioned_param_coordinator"
-PPC = PPCM + ":PartitionedParameterCoordinator"
-BF16 = "deepspeed.runtime.bf16_optimizer:BF16_Optimizer"
-LINK = "deepspeed.utils.mixed_precision_linkage"
-PIPE = "deepspeed.runtime.pipe.module:PipelineModule"
-GRID = "deepspeed.runtime.pipe.topology:PipelineParallelGrid"
-ENGINE = "deepspeed.runtime.engine:DeepSpeedEngine"
-COMM = "deepspeed.comm.torch"
 UTILS = "deepspeed.runtime.utils"
-MANGLED = "_PartitionedParameterCoordinator__"
-"""The prefix Python gives the coordinator's ``self.__x`` fields."""
+
+__all__ = ["MANGLED", "PATCHES", "SOURCES", "SUPPORTED", "Z12", "Z12M", "Patch"]
 
 SOURCES: Dict[str, str] = {
     COMM + ":build_shm_op":
@@ -134,26 +123,9 @@ SOURCES: Dict[str, str] = {
         "5ec95ef1249af7a28f85dc929f7d211bafe7bccb8f1db33f09860600cb5a01c9",
     BF16 + ".get_grads_for_norm":
         "e1222417ad92998a3f74094547294e7c696323804ef50047b15999b21b762b05",
+    **CHECKPOINT_SOURCES,
 }
 """``module:qualname`` -> sha256 of its normalised source in DeepSpeed 0.19.8."""
-
-
-@dataclass(frozen=True)
-class Patch:
-    """One place where megaraptr relies on DeepSpeed internals."""
-
-    where: str
-    """The megaraptr module(s) that do it."""
-    what: str
-    """What megaraptr does there, and why."""
-    sources: Tuple[str, ...]
-    """The DeepSpeed definitions (keys of ``SOURCES``) whose behaviour it assumes."""
-    names: Dict[str, Tuple[str, ...]] = field(default_factory=dict)
-    """Owner (``module`` or ``module:Class``) -> the private names megaraptr touches."""
-    fallback: Optional[str] = None
-    """What runs when a source differs; None: no correct fallback, megaraptr stops."""
-    no_fallback: str = ""
-    """Why there is no fallback (when ``fallback`` is None)."""
 
 
 _PARTITION_READS = ("optimizer", "bit16_groups", "cpu_offload", "zenflow",
@@ -359,5 +331,6 @@ PATCHES: Dict[str, Patch] = {
         no_fallback="a dropped step relies on these steps' order (norm check, then the torch "
                     "optimizer's step; the LR scheduler stepped only without overflow); "
                     '"on_nonfinite": "stop" needs none of it'),
+    **CHECKPOINT_PATCHES,
 }
 """Every patch, by the name ``RaptrEngine.deepspeed_patches`` reports it under."""
