@@ -32,7 +32,7 @@ from megaraptr.core.mask import LayerMask, MaskDigest
 from megaraptr.core.sampler import SubnetworkSampler
 from megaraptr.core.schedule import Schedule, rewarm_multiplier
 from megaraptr.core.stage import Stage
-from megaraptr.runtime import checkpoints, compat, consistency, surface
+from megaraptr.runtime import checkpoints, compat, consistency, surface, tp
 from megaraptr.runtime.checkpoints import engine_io
 from megaraptr.runtime.divergence import DivergenceGuard, StepReduction, reduce_step
 from megaraptr.runtime.layer_copy import grow
@@ -68,7 +68,7 @@ class RaptrEngine:
     """
 
     def __init__(self, ds_engine, *, config: RaptrConfig, schedule: Schedule, seed: int,
-                 partitions=None, kernels: Optional[dict] = None):
+                 partitions=None, kernels: Optional[dict] = None, tensor_parallel=None):
         self.ds = ds_engine
         self.kernels = dict(kernels or NOT_INSTALLED)  # per engine, never shared
         self.config = config
@@ -79,6 +79,7 @@ class RaptrEngine:
         self.deepspeed_patches = dict(compat.PROCESS_PATCHES)
         """Each DeepSpeed patch megaraptr considered: "active" or "fallback: <reason>" (a
         source differs from DeepSpeed 0.19.8's: DeepSpeed's own path runs); runtime.compat."""
+        self.tp = tp.attach(tensor_parallel, self.deepspeed_patches)  # ParallelGroups or None
         self.checkpoint_io = engine_io.install(ds_engine, self.deepspeed_patches)
         """DeepSpeed's checkpoint reads go through the safe loader; writes of a save are
         recorded here (:mod:`megaraptr.runtime.checkpoints`)."""
@@ -122,8 +123,8 @@ class RaptrEngine:
 
     is_pipeline = False
     """True in :class:`megaraptr.runtime.pipe.engine.RaptrPipelineEngine` (the blocks of one stage)."""
-    check_group = property(lambda self: self.ds.data_parallel_group)
-    """The ranks that must agree on the subnetwork (pipelines: all of them)."""
+    check_group = property(lambda self: self.ds.data_parallel_group if self.tp is None else None)
+    """The ranks that must agree on the subnetwork (under TP and in pipelines: every rank)."""
 
     @property
     def seed(self) -> int:

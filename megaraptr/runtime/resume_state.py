@@ -7,10 +7,12 @@ restores ``global_steps``). What the step cannot give is the run's history and i
   trained and the layers that ran, so a resumed run reports the whole run's digest and
   layer-FLOPs fraction;
 - ``seed`` and ``schedule`` (fingerprint and description): a resume under a different
-  schedule, seed or run length is refused unless the caller overrides it explicitly.
+  schedule, seed or run length is refused unless the caller overrides it explicitly;
 - ``guard``: the divergence guard's counts and running loss mean
   (:class:`megaraptr.runtime.divergence.DivergenceGuard`), so a resumed run drops and stops
-  where the uninterrupted one would (absent in older checkpoints: a fresh guard).
+  where the uninterrupted one would (absent in older checkpoints: a fresh guard);
+- ``tensor_parallel`` (only when T > 1, so other checkpoints are unchanged): each rank's files
+  hold its shards, so a resume under another T is refused.
 
 Checkpoints also carry it in their manifest, so that it is read without unpickling anything
 (:mod:`megaraptr.runtime.checkpoints`).
@@ -21,6 +23,7 @@ import dataclasses
 from typing import Optional
 
 from megaraptr.errors import CheckpointError
+from megaraptr.runtime.tp.setup import tensor_size
 
 VERSION = 1
 
@@ -33,7 +36,7 @@ def describe(schedule, seed: int) -> str:
 
 def raptr_state(engine) -> dict:
     """The dict saved under ``client_state["raptr"]``."""
-    return {
+    state = {
         "version": VERSION,
         "applied_steps": engine.applied_steps,
         "seed": engine.seed,
@@ -47,6 +50,23 @@ def raptr_state(engine) -> dict:
             "costs": dataclasses.asdict(engine.costs), "layer_parts": list(engine.layer_parts),
             "num_stages": engine.num_stages},
     }
+    tensor = tensor_size(engine)
+    if tensor > 1:
+        state["tensor_parallel"] = tensor
+    return state
+
+
+def check_saved_tensor_parallel(state: Optional[dict], tensor: int, where: str) -> None:
+    """Refuse a checkpoint written under another tensor-parallel size.
+
+    Raises:
+        CheckpointError: naming both sizes.
+    """
+    saved = (state or {}).get("tensor_parallel", 1)
+    if saved != tensor:
+        raise CheckpointError(f"{where} was written with tensor_parallel.autotp_size {saved}; "
+                              f"this run has {tensor}: each rank's files hold its shards, so "
+                              f"resume with autotp_size {saved}")
 
 
 def check_compatible(state: Optional[dict], schedule, seed: int, where: str,
@@ -85,6 +105,7 @@ def restore_raptr_state(engine, path: Optional[str], client_state: Optional[dict
         raise CheckpointError("no checkpoint was loaded (DeepSpeed found none)")
     state = (client_state or {}).get("raptr")
     check_compatible(state, engine.schedule, engine.seed, path, override_schedule)
+    check_saved_tensor_parallel(state, tensor_size(engine), path)
     if state is None:
         return
     if state["applied_steps"] != engine.applied_steps:

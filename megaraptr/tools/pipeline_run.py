@@ -9,7 +9,8 @@ from the ZeRO path, so that :mod:`megaraptr.tools.train` reads the same for both
 - the cost model comes from the config's ``"pipeline": {"costs"}``, else from the checkpoint
   being resumed, else from a short profile (:func:`megaraptr.planning.profiling.measure_costs`), and
   the partition of each schedule stage is planned from it (:func:`megaraptr.balance.
-  plan_partitions`);
+  plan_partitions`); under tensor parallelism the profiled layer is the tensor-parallel one
+  (its shard of the work and its all-reduces), run on every rank of its group together;
 - before every step, :meth:`next_engine` re-partitions when the plan says so (through a
   checkpoint under ``--save`` or a temporary folder, :mod:`megaraptr.runtime.pipe.repartition`);
 - checkpoints are written and read by :mod:`megaraptr.runtime.pipe.repartition` (any partition);
@@ -19,6 +20,7 @@ from the ZeRO path, so that :mod:`megaraptr.tools.train` reads the same for both
 """
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import tempfile
@@ -33,6 +35,7 @@ from megaraptr.planning.profiling import measure_costs
 from megaraptr.runtime.checkpoints import Resume
 from megaraptr.runtime.distributed import device as accelerator_device
 from megaraptr.runtime.pipe import engine as pipeline, repartition
+from megaraptr.runtime.tp import apply_tensor_parallel, pipeline_groups
 from megaraptr.tools.preflight import RunPlan
 from megaraptr.tools.resume_check import run_facts
 from megaraptr.tools.train_data import RunData
@@ -57,6 +60,8 @@ class PipelineRun:
         self.cfg = reference.cfg
         self.resumed = (resume.state("raptr") if resume is not None else None) or {}
         """megaraptr's state in the checkpoint being resumed (empty for a new run)."""
+        self.groups = pipeline_groups(self.ds_config, flags.pipeline_stages)
+        """The tensor-parallel groups (None without tensor parallelism), made once per run."""
         self.costs, self.cost_source = self._costs(plan.raptr, reference, data.prepared)
         self._reference = reference
         self._scratch = None
@@ -77,7 +82,12 @@ class PipelineRun:
         device = accelerator_device()
         dtype = torch.bfloat16 if self.ds_config.get("bf16", {}).get("enabled") else None
         repeats = spec.profile_steps if spec is not None else 3
-        return measure_costs(reference, batch, repeats=repeats, device=device,
+        model = reference
+        if self.groups is not None:  # the layer as it runs: its shard and its all-reduces
+            model = copy.deepcopy(reference)
+            apply_tensor_parallel(model, rank=self.groups.tensor_index,
+                                  size=self.groups.tensor_size, group=self.groups.tensor_group)
+        return measure_costs(model, batch, repeats=repeats, device=device,
                              dtype=dtype), "profile"
 
     def build(self, layer_parts):
@@ -86,7 +96,8 @@ class PipelineRun:
             self.flags.model, self.cfg, config=dict(self.ds_config),
             num_stages=self.flags.pipeline_stages, total_steps=self.flags.train_steps,
             seed=self.sampler_seed, costs=self.costs, reference=self._reference,
-            layer_parts=layer_parts, first_step=self.resumed.get("applied_steps", 0) + 1)
+            layer_parts=layer_parts, first_step=self.resumed.get("applied_steps", 0) + 1,
+            groups=self.groups)
 
     def load(self, resume: Resume) -> dict:
         _, client_state = repartition.load(self.engine, resume.load_dir, resume.tag, verify=False,
@@ -135,8 +146,9 @@ class PipelineRun:
 
     def describe(self) -> List[str]:
         engine = self.engine
+        layout = "" if self.groups is None else f" x {self.groups.tensor_size} tensor-parallel"
         lines = [f"pipeline: {engine.num_stages} stages x {engine.data_parallel_size} data-"
-                 f"parallel; costs ({self.cost_source}): layer {self.costs.layer:.4g}, "
+                 f"parallel{layout}; costs ({self.cost_source}): layer {self.costs.layer:.4g}, "
                  f"embedding {self.costs.embedding:.4g}, head {self.costs.head:.4g}"]
         for stage, parts in zip(engine.schedule.stages, engine.partitions):
             lines.append(f"  stage {stage.name}: partition {list(parts)}, predicted imbalance "

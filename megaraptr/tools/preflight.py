@@ -2,11 +2,12 @@
 
 :func:`validate` runs before the process group, the data cache or the model exist: the model
 name and size, the raptr block and its schedule against the model's depth and the run's length,
-the pipeline, kernels and objective flags, and a checkpoint to resume
-(:mod:`megaraptr.tools.resume_check`: found, its files' sizes checked against its manifest,
-every pickle read with the weights-only loader, and compared with the run: schedule, seed,
-model, batch, ZeRO stage, ...). Every failure is one line naming the flag or key and what is
-allowed (exit 2 from the command line). ``megaraptr-config validate`` runs the same function.
+the pipeline, tensor-parallel layout (:mod:`megaraptr.tools.parallel_check`), kernels and
+objective flags, and a checkpoint to resume (:mod:`megaraptr.tools.resume_check`: found, its
+files' sizes checked against its manifest, every pickle read with the weights-only loader, and
+compared with the run: schedule, seed, model, batch, ZeRO stage, tensor-parallel size, ...).
+Every failure is one line naming the flag or key and what is allowed (exit 2 from the command
+line). ``megaraptr-config validate`` runs the same function.
 What it resolves comes back as one frozen :class:`RunPlan` (model facts, the DeepSpeed config
 with what the run decides filled in by :func:`prepare_ds_config`, the sampler seed, the notes
 to print), built once and read by every later part of the run; the flags are never written.
@@ -26,11 +27,14 @@ from megaraptr.kernels import resolve_kernels
 from megaraptr.methods import build_schedule, method_name, split_ds_config
 from megaraptr.models import DATA_KIND, MODELS, num_layers
 from megaraptr.models.hf import data_kind, hf_config, is_hf, model_label
+from megaraptr.planning.layout import Layout, tensor_parallel_size
 from megaraptr.runtime.checkpoints import Resume
 from megaraptr.runtime.pipe.engine import check_pipeline
+from megaraptr.runtime.resume_state import check_saved_tensor_parallel
 from megaraptr.tools import resume_check
 from megaraptr.tools.output_checks import (MONITORS, RUN_ID, check_job_name, check_summary_path,
                                            new_run_id, safe_job_name)
+from megaraptr.tools.parallel_check import check_parallel
 from megaraptr.tools.train_args import TrainFlags
 
 
@@ -54,6 +58,8 @@ class RunPlan:
     """The subnetwork sampler's seed: the raptr block's ``seed`` if set, else --seed."""
     notes: Tuple[str, ...]
     """What the run changed in the config, printed once it starts."""
+    layout: Optional[Layout] = None
+    """The TP x PP x DP layout under tensor parallelism (None without it)."""
     resume: Optional[Resume] = None
     """The checkpoint --load resumes (--load DIR, or --load auto's pick), as preflight found it
     (its files' sizes checked); None: a fresh start. The run verifies the checksums on all
@@ -117,12 +123,14 @@ def model_facts(flags: TrainFlags) -> tuple:
     return num_layers(flags.size), DATA_KIND[flags.model], flags.model
 
 
-def validate(flags: TrainFlags, *, verify: str = "sizes") -> RunPlan:
+def validate(flags: TrainFlags, world_size: Optional[int] = None, *,
+             verify: str = "sizes") -> RunPlan:
     """Everything that can be checked before expensive work; returns the resolved run.
 
-    ``verify``: how far the checkpoint to resume is verified here ("sizes": every file of its
-    manifest present with its size; "checksums": and its sha256, as ``megaraptr-config
-    validate`` does; training hashes on all ranks together once the process group exists).
+    ``world_size``: default the launcher's WORLD_SIZE, else 1. ``verify``: how far the
+    checkpoint to resume is verified here ("sizes": every file of its manifest present with its
+    size; "checksums": and its sha256, as ``megaraptr-config validate`` does; training hashes
+    on all ranks together once the process group exists).
     """
     depth, kind, label = model_facts(flags)
     raptr_config, ds_config = split_ds_config(flags.deepspeed_config)
@@ -140,6 +148,7 @@ def validate(flags: TrainFlags, *, verify: str = "sizes") -> RunPlan:
                               '--pipeline-stages yet; allowed: "eager" or "auto" (eager there)')
     else:
         check_kernels(raptr_config.kernels, ds_config)
+    layout = check_parallel(flags, ds_config, world_size)
     check_objective(flags)
     if flags.exit_at_step is not None and not flags.save:
         raise ConfigError("--exit-at-step", "needs --save DIR to write the checkpoint")
@@ -153,10 +162,12 @@ def validate(flags: TrainFlags, *, verify: str = "sizes") -> RunPlan:
     run_id = new_run_id()
     resume_notes = []
     if resume is not None:
-        rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+        rank = int(os.environ.get("RANK", 0))
+        world = world_size or int(os.environ.get("WORLD_SIZE", 1))
         resume_check.scan(resume, rank, world)  # each rank reads its share of the pickles
         resume_notes = resume_check.check(flags, ds_config, resume, schedule=schedule,
                                           sampler_seed=sampler_seed, world=world)
+        check_saved_tensor_parallel(resume.state(), tensor_parallel_size(ds_config), resume.path)
         saved_id = (resume.state("train") or {}).get("run_id")  # its TensorBoard folder's
         run_id = saved_id if isinstance(saved_id, str) and RUN_ID.fullmatch(saved_id) else None
     ds_config["raptr"] = raptr_config.model_dump(exclude_none=True)
@@ -169,7 +180,7 @@ def validate(flags: TrainFlags, *, verify: str = "sizes") -> RunPlan:
     return RunPlan(flags=flags, raptr=raptr_config, ds_config=ds_config, num_layers=depth,
                    data_kind=kind, model_label=label, method=method,
                    sampler_seed=sampler_seed, notes=tuple(resume_notes) + notes, resume=resume,
-                   run_id=run_id)
+                   run_id=run_id, layout=layout)
 
 
 def check_outputs(flags: TrainFlags, raptr_config: RaptrConfig, ds_config: dict) -> None:
@@ -205,4 +216,5 @@ def check_kernels(mode: str, ds_config: dict) -> None:
 
     cuda = os.environ.get("DS_ACCELERATOR", "cuda") == "cuda" and torch.cuda.is_available()
     resolve_kernels(mode, device="cuda" if cuda else "cpu",
-                    zero_stage=int((ds_config.get("zero_optimization") or {}).get("stage", 0)))
+                    zero_stage=int((ds_config.get("zero_optimization") or {}).get("stage", 0)),
+                    tensor_parallel=tensor_parallel_size(ds_config))

@@ -33,6 +33,9 @@ def print_header(plan: RunPlan, setup: TrainSetup, *, world: int, tokens_per_ste
     print(f"megaraptr: {compat.describe(engine.deepspeed_patches)}", flush=True)
     for line in setup.describe():
         print(f"megaraptr: {line}", flush=True)
+    if plan.layout is not None:
+        print(f"megaraptr: tensor_parallel: {plan.layout.describe()} (megaraptr's Megatron-style "
+              "layers; DeepSpeed gets the process groups, not AutoTP)", flush=True)
     for note in notes:
         print(f"megaraptr: {note}", flush=True)
 

@@ -44,10 +44,10 @@ class ZeroRun:
             import deepspeed
 
             deepspeed.checkpointing.configure(None, deepspeed_config=plan.ds_config)
+        self.num_parameters = sum(p.numel() for p in model.parameters())  # before any TP split
         self.engine, *_ = initialize(model=model, model_parameters=optimizer_groups(model),
                                      config=plan.ds_config, total_steps=flags.train_steps,
                                      seed=plan.sampler_seed)
-        self.num_parameters = sum(p.numel() for p in model.parameters())
 
     def load(self, resume: Resume) -> dict:
         _, client_state = self.engine.load_checkpoint(

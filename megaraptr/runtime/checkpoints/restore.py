@@ -16,6 +16,7 @@ from megaraptr.runtime import compat, resume_state
 from megaraptr.runtime.checkpoints import reshard, store
 from megaraptr.runtime.checkpoints.resolve import Resume, resolve
 from megaraptr.runtime.pipe import optim_state
+from megaraptr.runtime.tp.setup import tensor_size
 
 
 def load_engine(engine, load_dir: str, tag: Optional[str] = None, *,
@@ -27,7 +28,8 @@ def load_engine(engine, load_dir: str, tag: Optional[str] = None, *,
     resume = resolve(load_dir, tag, verify="collective" if verify else "none")
     for note in resume.notes if verify else ():
         store.warn(note)
-    path, client_state = load(engine, resume, **kwargs)
+    resume_state.check_saved_tensor_parallel(resume.state(), tensor_size(engine), resume.path)
+    path, client_state = load(engine, resume, **kwargs)  # another T refused before DeepSpeed
     resume_state.restore_raptr_state(engine, path, client_state, override_schedule)
     return path, client_state
 

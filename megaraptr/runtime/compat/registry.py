@@ -20,6 +20,8 @@ from megaraptr.runtime.compat.checkpoint_patches import CHECKPOINT_PATCHES, CHEC
 from megaraptr.runtime.compat.patch import (BF16, COMM, ENGINE, GRID, LINK, MANGLED, PIPE, PPC,
                                             PPCM, SUPPORTED, Z3, Z12, Z12M, Patch)
 
+UTILS = "deepspeed.runtime.utils"
+
 __all__ = ["MANGLED", "PATCHES", "SOURCES", "SUPPORTED", "Z12", "Z12M", "Patch"]
 
 SOURCES: Dict[str, str] = {
@@ -115,6 +117,12 @@ SOURCES: Dict[str, str] = {
         "0b80ad2f8fa3936fdedf7b58391ed1fd4f2b45cd727c6d2566f21b929e4c40d7",
     ENGINE + "._take_model_step":
         "4b72d5239e60708bfa186a4dbbc175497072234f282273b12cb396980d8fd49e",
+    UTILS + ":is_model_parallel_parameter":
+        "0744c51e520243d0f38ca148d4ccde1736f42c9c02845923fb8c094cbf71d55c",
+    UTILS + ":clip_grad_norm_":
+        "5ec95ef1249af7a28f85dc929f7d211bafe7bccb8f1db33f09860600cb5a01c9",
+    BF16 + ".get_grads_for_norm":
+        "e1222417ad92998a3f74094547294e7c696323804ef50047b15999b21b762b05",
     **CHECKPOINT_SOURCES,
 }
 """``module:qualname`` -> sha256 of its normalised source in DeepSpeed 0.19.8."""
@@ -298,6 +306,18 @@ PATCHES: Dict[str, Patch] = {
                LINK: ("_hp_mapping", "get_full_hp_param")},
         no_fallback="a pipeline's checkpoints and re-partitioning carry the fp32 masters and "
                     "Adam moments through it; without it they would be lost or misread"),
+    "tp_grad_norm": Patch(
+        where="megaraptr/runtime/tp/layers.py, megaraptr/runtime/initialize.py",
+        what="marks each tensor-parallel shard tensor_model_parallel and hands DeepSpeed the "
+             "tensor-parallel group as its mpu's model-parallel group, so that DeepSpeed's "
+             "clipping norms (fp32 without ZeRO, ZeRO-1/2, the bf16 optimizer) count every "
+             "shard on its rank and each replicated parameter once (on tensor rank 0)",
+        sources=(UTILS + ":is_model_parallel_parameter", UTILS + ":clip_grad_norm_",
+                 Z12 + ".get_grad_norm_direct", BF16 + ".get_grads_for_norm"),
+        names={UTILS: ("tensor_model_parallel",)},
+        no_fallback="without this convention each tensor-parallel rank would clip by a "
+                    "different, wrong norm (shards missed or replicated parameters counted T "
+                    "times)"),
     "nonfinite_skip_step": Patch(
         where="megaraptr/runtime/divergence.py",
         what='under "on_nonfinite": "skip_step", wraps the torch optimizer\'s step, through '

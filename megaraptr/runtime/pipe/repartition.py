@@ -8,8 +8,10 @@ DeepSpeed's own files (layer weights named by global layer index, LR scheduler, 
 and step count by name (:mod:`megaraptr.runtime.pipe.optim_state`), and they are always read that way:
 
 1. :func:`save` writes DeepSpeed's checkpoint and ``raptr_optim_pp<stage>.pt`` (data-parallel
-   rank 0 of each stage), as one complete checkpoint of :func:`megaraptr.runtime.checkpoints.
-   save` (staged, verified, manifest, ``latest``);
+   rank 0 of each stage; under tensor parallelism one file per shard,
+   ``raptr_optim_pp<stage>-tp<tensor rank>.pt``, read back by the same tensor rank), as one
+   complete checkpoint of :func:`megaraptr.runtime.checkpoints.save` (staged, verified,
+   manifest, ``latest``);
 2. :func:`load` lets DeepSpeed read the weights and counters without its optimizer files
    (``load_optimizer_states=False``) and imports the optimizer state of the parameters this
    stage now holds, whichever stage wrote them.
@@ -20,8 +22,8 @@ run (``--load``) goes through the same :func:`load`, so every resume tests this 
 """
 from __future__ import annotations
 
-import glob
 import os
+import re
 from typing import Callable, Optional
 
 import torch
@@ -31,6 +33,23 @@ from megaraptr.runtime.checkpoints import safe_load
 from megaraptr.runtime.pipe import optim_state
 
 PREFIX = "raptr_optim_pp"
+_NAME = re.compile(PREFIX + r"(\d+)(?:-tp(\d+))?\.pt")
+
+
+def _tensor_rank(engine):
+    """This rank's tensor-parallel index, or None without tensor parallelism."""
+    return engine.tp.tensor_index if getattr(engine, "tp", None) is not None else None
+
+
+def _shard_of(name: str) -> Optional[int]:
+    shard = _NAME.fullmatch(name).group(2)
+    return None if shard is None else int(shard)
+
+
+def state_file(stage: int, tensor_rank: Optional[int]) -> str:
+    """The name of one stage's (and shard's) optimizer-state file."""
+    return f"{PREFIX}{stage:02d}" + ("" if tensor_rank is None else f"-tp{tensor_rank:02d}") \
+        + ".pt"
 
 
 def save(engine, save_dir: str, tag: str, client_state: Optional[dict] = None, *,
@@ -50,14 +69,17 @@ def _write(engine, save_dir: str, tag: str, client_state: Optional[dict]) -> Non
     engine.ds.save_checkpoint(save_dir, tag=tag, client_state=state, save_latest=False)
     exported = optim_state.export_state(engine.ds)  # collective within each stage's DP group
     if engine.ds.grid.data_parallel_id == 0:
-        path = os.path.join(save_dir, tag, f"{PREFIX}{engine.ds.stage_id:02d}.pt")
+        path = os.path.join(save_dir, tag, state_file(engine.ds.stage_id, _tensor_rank(engine)))
         engine.checkpoint_io.guard(torch.save, path_arg=1)(exported, path)
     dist.barrier()
 
 
-def read_saved_state(folder: str) -> dict:
-    """The per-parameter optimizer state of every stage in a checkpoint folder."""
-    files = sorted(glob.glob(os.path.join(folder, f"{PREFIX}*.pt")))
+def read_saved_state(folder: str, tensor_rank: Optional[int] = None) -> dict:
+    """The per-parameter optimizer state of every stage in a checkpoint folder (under tensor
+    parallelism: of every stage's shard ``tensor_rank``)."""
+    names = os.listdir(folder) if os.path.isdir(folder) else []
+    files = sorted(os.path.join(folder, n) for n in names
+                   if _NAME.fullmatch(n) and _shard_of(n) == tensor_rank)
     if not files:
         raise FileNotFoundError(f"{folder} holds no {PREFIX}*.pt: not a megaraptr pipeline "
                                 "checkpoint")
@@ -73,7 +95,7 @@ def load(engine, load_dir: str, tag: Optional[str] = None, *, verify: bool = Tru
     path, client_state = engine.load_checkpoint(load_dir, tag=tag, load_optimizer_states=False,
                                                 verify=verify, **kwargs)
     folder = path if os.path.isdir(path) else os.path.dirname(path)
-    optim_state.import_state(engine.ds, read_saved_state(folder))
+    optim_state.import_state(engine.ds, read_saved_state(folder, _tensor_rank(engine)))
     return path, client_state
 
 
