@@ -47,12 +47,13 @@ from megaraptr.methods import build_schedule
 from megaraptr.runtime import checkpoints, monitor
 from megaraptr.runtime.distributed import init_distributed, shutdown_distributed
 from megaraptr.tools import resume_check
+from megaraptr.tools.extra_eval import ExtraEvals
 from megaraptr.tools.preflight import RunPlan, validate
 from megaraptr.tools.run_control import RunControl
 from megaraptr.tools.train_args import TrainFlags, parse_args
 from megaraptr.tools.train_data import data_summary, describe_data, load_data
 from megaraptr.tools.train_log import hide_known_warnings
-from megaraptr.tools.train_loop import History, TrainLoop
+from megaraptr.tools.train_loop import History, TrainLoop, to_device
 from megaraptr.tools.train_report import print_header, report, summarize
 from megaraptr.tools.train_setup import build_setup
 
@@ -133,7 +134,12 @@ def _session(plan: RunPlan, control: RunControl) -> dict:
                                 grad_accum=engine.gradient_accumulation_steps(),
                                 dp_rank=engine.data_parallel_rank,
                                 dp_size=engine.data_parallel_size)
-    loop = TrainLoop(plan, setup, batches, history, control)
+    extra = ExtraEvals(flags.extra_eval, data.prepared, seq_len=flags.seq_len,
+                       sequences=flags.eval_sequences,
+                       micro_batch=engine.train_micro_batch_size_per_gpu(),
+                       dp_rank=engine.data_parallel_rank, dp_size=engine.data_parallel_size,
+                       to_device=lambda b: to_device(b, engine.device, setup.inputs))
+    loop = TrainLoop(plan, setup, batches, history, control, extra)
     data_facts = data_summary(data, batches, flags.train_steps)
     tb_dir = monitor.tensorboard_dir(plan.ds_config)
     if history.initial_eval_loss is None:

@@ -14,6 +14,7 @@ import socket
 from typing import Optional
 
 from megaraptr.runtime import compat
+from megaraptr.tools.extra_eval import ExtraEvals
 from megaraptr.tools.preflight import RunPlan
 from megaraptr.tools.train_loop import History
 from megaraptr.tools.train_setup import TrainSetup
@@ -47,6 +48,7 @@ def summarize(plan: RunPlan, setup: TrainSetup, history: History, *, final: Opti
         "steps": engine.applied_steps, "finished": engine.applied_steps >= flags.train_steps,
         "final_eval_loss": final, "initial_eval_loss": history.initial_eval_loss,
         "eval_history": history.eval, "eval_clock": history.eval_clock,
+        **ExtraEvals.summary(history.extra_eval),
         "wall_seconds": history.wall_seconds, "session_seconds": session_seconds,
         "tokens_per_second": history.tokens / max(history.wall_seconds, 1e-9),
         "tokens": history.tokens, "layer_flops_fraction": engine.layer_flops_fraction(),

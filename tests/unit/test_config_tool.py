@@ -61,7 +61,7 @@ def test_validate_passes_training_flags_through(tmp_path, capsys):
 
 def test_validate_names_the_missing_size_and_steps(tmp_path, capsys):
     assert main(["validate", str(CONFIGS / "bert_base_raptr_zero2.json")]) == 2
-    assert "--size: required; the schedule ends at 12 layers: narrow or base" in \
+    assert "--size: required; the schedule ends at 12 layers: narrow or small or slim or base" in \
         capsys.readouterr().err
     config = json.loads((CONFIGS / "tiny_raptr_cpu.json").read_text())
     del config["scheduler"]
