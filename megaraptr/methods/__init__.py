@@ -15,7 +15,8 @@ from __future__ import annotations
 import os
 from typing import Any, Dict, Union
 
-from megaraptr.core.config import RaptrConfig, check_block_key, load_ds_config, validate_schema
+from megaraptr.core.config import RaptrConfig, validate_schema
+from megaraptr.core.ds_config import check_block_key, load_ds_config
 from megaraptr.core.schedule import Schedule, check_run, full_schedule, resolve_fixed_layers
 from megaraptr.errors import ConfigError
 from megaraptr.methods.base import Method

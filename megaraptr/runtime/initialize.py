@@ -19,7 +19,7 @@ import torch
 
 from megaraptr import methods
 from megaraptr.core.block import check_block_contract, find_blocks
-from megaraptr.core.config import scheduler_warmup_note
+from megaraptr.core.ds_config import scheduler_warmup_note
 from megaraptr.errors import ConfigError, RunWarning
 from megaraptr.kernels import apply_kernels, fused_optimizer, resolve_kernels
 from megaraptr.runtime.distributed import init_distributed

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
 from megaraptr import methods
-from megaraptr.core.config import load_ds_config, scheduler_warmup_note
+from megaraptr.core.ds_config import load_ds_config, scheduler_warmup_note
 from megaraptr.errors import ConfigError
 from megaraptr.methods import build_schedule, parse_raptr_block, split_ds_config
 from megaraptr.models import SIZES

@@ -31,7 +31,7 @@ import os
 from typing import List
 
 from megaraptr import methods
-from megaraptr.core.config import load_ds_config
+from megaraptr.core.ds_config import load_ds_config
 from megaraptr.errors import ConfigError, MegaraptrError
 from megaraptr.methods import parse_raptr_block
 from megaraptr.planning.step_costs import ideal_speedup

@@ -20,7 +20,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from megaraptr.core.config import RaptrConfig, scheduler_warmup_note
+from megaraptr.core.config import RaptrConfig
+from megaraptr.core.ds_config import scheduler_warmup_note
 from megaraptr.data.ul2 import paper_mixture
 from megaraptr.errors import ConfigError
 from megaraptr.kernels import resolve_kernels

@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-from megaraptr.core.config import RaptrConfig, StageSpec, load_ds_config, scheduler_warmup_note
+from megaraptr.core.config import RaptrConfig, StageSpec
+from megaraptr.core.ds_config import load_ds_config, scheduler_warmup_note
 from megaraptr.errors import ConfigError, MegaraptrError
 from megaraptr.methods import parse_raptr_block, split_ds_config
 
