@@ -1,6 +1,7 @@
 """megaraptr's ZeRO-1/2 gradient reduction (megaraptr/runtime/zero/reduce.py) on 2 processes:
 in every reduction setting DeepSpeed offers, the same trajectory as DeepSpeed's own reduction,
-bit for bit (one torchrun launch: tests/workers/layer_reduce_worker.py).
+bit for bit, and a run resumed from a checkpoint equal to the uninterrupted one (one torchrun
+launch: tests/workers/layer_reduce_worker.py).
 
 Bit for bit, not within a tolerance: per element the same division and the same two-term sum
 (DeepSpeed reduces each slice to its owner, megaraptr all-reduces the bucket: on 2 ranks both
@@ -36,3 +37,11 @@ def test_layer_reduce_equals_deepspeeds_reduction_bit_for_bit(ranks, case):
         assert mine["digest"] == own["digest"]
         assert mine["losses"][-1] < mine["losses"][0]  # it trained
     assert ranks[0][f"{case}-megaraptr"]["digest"] == ranks[1][f"{case}-megaraptr"]["digest"]
+
+
+def test_resumed_run_equals_the_uninterrupted_one(ranks):
+    for rank in ranks:
+        straight, resumed = rank["default-megaraptr"], rank["resumed"]
+        assert resumed["patch"] == "active"
+        assert resumed["losses"] == straight["losses"] and resumed["norms"] == straight["norms"]
+        assert resumed["digest"] == straight["digest"]

@@ -8,8 +8,10 @@ The tiny BERT of tests/workers/dist_worker.py (same config, data, seed; RAPTR 2-
 offers (its defaults; a bucket smaller than a layer group; ``reduce_scatter`` off, alone and with
 a gradient predivide factor; ``contiguous_gradients`` off), once with megaraptr's reduction
 (``zero12_layer_reduce``) and once with DeepSpeed's own (the patch forced to its fallback by a
-"changed" ``average_tensor``). Each rank writes OUT_DIR/rank<r>.json: per case and variant the
-patch's state, the losses and clipping norms, and a digest of the trained weights.
+"changed" ``average_tensor``); and, with megaraptr's reduction and the default settings, 4
+steps, a checkpoint, a fresh engine loading it and 4 more steps (``resumed``). Each rank writes
+OUT_DIR/rank<r>.json: per case and variant the patch's state, the losses and clipping norms, and
+a digest of the trained weights.
 """
 from __future__ import annotations
 
@@ -40,12 +42,9 @@ SETTINGS = {  # case -> what changes in the config
 }
 
 
-def run(data, case: str, own: bool) -> dict:
+def build(data, case: str):
     import megaraptr
 
-    saved = dict(registry.SOURCES)
-    if own:
-        registry.SOURCES[registry.Z12 + ".average_tensor"] = "0" * 64
     torch.manual_seed(0)
     model = build_model("bert", "tiny", vocab_size=data.vocab_size, seq_len=SEQ)
     config = ds_config(1, "fp32", "freeze")
@@ -54,19 +53,43 @@ def run(data, case: str, own: bool) -> dict:
         config[key] = {**config[key], **value} if isinstance(value, dict) else value
     engine, *_ = megaraptr.initialize(model=model, model_parameters=optimizer_groups(model),
                                       config=config, total_steps=STEPS)
-    registry.SOURCES.clear()
-    registry.SOURCES.update(saved)
+    return engine, model
+
+
+def train(engine, model, data, steps, out: dict) -> dict:
     batches = make_batches(data, seq_len=SEQ, micro_batch_size=4, grad_accum=2, seed=5)
-    losses, norms = [], []
-    for step in range(1, STEPS + 1):
+    for step in steps:
         result = engine.train_step(batches.step_batches(step))
-        losses.append(result.loss)
-        norms.append(float(engine.get_global_grad_norm()))
+        out.setdefault("losses", []).append(result.loss)
+        out.setdefault("norms", []).append(float(engine.get_global_grad_norm()))
     digest = hashlib.sha256()
     for p in model.parameters():
         digest.update(p.detach().cpu().numpy().tobytes())
-    out = {"patch": engine.deepspeed_patches.get("zero12_layer_reduce"), "losses": losses,
-           "norms": norms, "digest": digest.hexdigest()}
+    out.update(patch=engine.deepspeed_patches.get("zero12_layer_reduce"),
+               digest=digest.hexdigest())
+    return out
+
+
+def run(data, case: str, own: bool) -> dict:
+    saved = dict(registry.SOURCES)
+    if own:
+        registry.SOURCES[registry.Z12 + ".average_tensor"] = "0" * 64
+    engine, model = build(data, case)
+    registry.SOURCES.clear()
+    registry.SOURCES.update(saved)
+    out = train(engine, model, data, range(1, STEPS + 1), {})
+    engine.ds.destroy()
+    return out
+
+
+def resumed(data, folder: str) -> dict:
+    engine, model = build(data, "default")
+    out = train(engine, model, data, range(1, STEPS // 2 + 1), {})
+    engine.save_checkpoint(folder, tag="half")
+    engine.ds.destroy()
+    engine, model = build(data, "default")
+    engine.load_checkpoint(folder, tag="half")
+    out = train(engine, model, data, range(STEPS // 2 + 1, STEPS + 1), out)
     engine.ds.destroy()
     return out
 
@@ -76,6 +99,7 @@ def main() -> None:
     init_distributed(timeout_minutes=2)
     results = {f"{case}-{'deepspeed' if own else 'megaraptr'}": run(data, case, own)
                for case in SETTINGS for own in (False, True)}
+    results["resumed"] = resumed(data, os.path.join(sys.argv[1], "ckpt"))
     rank = torch.distributed.get_rank()
     with open(os.path.join(sys.argv[1], f"rank{rank}.json"), "w") as f:
         json.dump(results, f)
