@@ -1,8 +1,14 @@
 """Errors megaraptr raises on purpose, each with a one-line message for the user.
 
-The command-line entry points catch ``MegaraptrError`` and print ``str(err)`` alone (exit code
-2 for bad input, 1 for a failure during training, 3 for a diverged run, 75 for a run stopped
-early with its checkpoint saved); library callers get the exception.
+The command-line entry points catch ``MegaraptrError`` and print ``str(err)`` alone; library
+callers get the exception. Exit codes (``exit_code``; docs/reliability.md has the table):
+
+- 1: a failure during training (the base class, :class:`RankMismatchError`);
+- 2: bad input, found before expensive work (:class:`ConfigError`, :class:`DataError`,
+  :class:`CheckpointError`, :class:`DeepSpeedCompatError`);
+- 3: the run diverged (:class:`DivergenceError`); nothing non-finite is saved;
+- 74: a checkpoint could not be written completely (:class:`CheckpointWriteError`);
+- 75: the run stopped early with its checkpoint saved (:class:`RunStopped`): requeue it.
 """
 
 
@@ -54,6 +60,16 @@ class EngineUsageError(MegaraptrError, AttributeError):
     use instead. An ``AttributeError``, so ``hasattr(engine, "step")`` is False."""
 
 
+class CheckpointWriteError(MegaraptrError):
+    """A checkpoint could not be written completely (disk full, an I/O error): raised on every
+    rank with the same line; nothing of it is left behind, and the previous checkpoint and
+    ``latest`` are as they were. Exit code 74 (EX_IOERR of sysexits.h), distinct from bad input
+    (2). Non-finite weights are a :class:`DivergenceError` instead (exit 3)."""
+
+    exit_code = 74
+    every_rank = True
+
+
 class RunWarning(UserWarning):
     """A setting that will run, but probably not as meant (e.g. an LR warmup as long as the
     run); the command line prints it among the run's notes instead."""
@@ -62,8 +78,8 @@ class RunWarning(UserWarning):
 class DivergenceError(MegaraptrError):
     """Training diverged (``raptr.on_nonfinite``): a step's loss or gradient norm was not
     finite, or the weights about to be saved were not. Raised on every rank after the same
-    step and before anything is saved from it, so the newest checkpoint stays the last good one.
-    Exit code 3."""
+    step and before anything is saved from it, so the newest checkpoint (and ``latest``) stays
+    the last good one. Exit code 3."""
 
     exit_code = 3
     every_rank = True

@@ -1,19 +1,26 @@
 """The methods and ablations the quality benchmark compares, and the runs of a sweep.
 
 Each method is a "raptr" block for a model of L layers and a run of N steps; everything else
-in the run's DeepSpeed config (optimizer, LR schedule, batch) is shared, so the methods differ
-only in which layers train on which step:
+in the run's DeepSpeed config (optimizer, batch, a warmup + cosine LR schedule over the run's
+own length) is shared, so the methods differ only in which layers train on which step:
 
 =================  ========================================================================
-``full``           full-model training, N steps
-``full-matched``   full-model training for as many steps as RAPTR's layer FLOPs buy
-                   (N x RAPTR's expected fraction), with its own warmup + cosine schedule
+``full``           full-model training, N steps (the equal-steps baseline)
+``full-matched``   full-model training for as many steps as RAPTR's total FLOPs buy (N x
+                   RAPTR's expected total-FLOPs fraction: layers, embedding and head, see
+                   :mod:`megaraptr.planning.flops`), its own schedule over those steps
+``full-wall``      full-model training for as many steps as RAPTR's measured wall-clock buys:
+                   N x (raptr's training seconds / full's), both measured in this sweep;
+                   planned once those two runs have finished
 ``raptr``          RAPTR with megaraptr's defaults, schedule L/2-2L/3-5L/6-L ("6-8-10-12")
-``pld``            Progressive Layer Dropping, the PLD paper's defaults
-``layerdrop``      LayerDrop, p = 0.2
-``stacking``       gradual stacking L/2-3L/4-L ("6-9-12")
+``pld``            Progressive Layer Dropping, theta_bar solved for RAPTR's layer FLOPs
+                   (``"pld": {"match_flops": f}``), the recipe-tied gamma
+``layerdrop``      LayerDrop, drop probability solved for RAPTR's layer FLOPs
+``stacking``       gradual stacking L/2-3L/4-L ("6-9-12"): the same layer FLOPs as RAPTR
 =================  ========================================================================
 
+So ``full-matched``, ``raptr``, ``pld``, ``layerdrop`` and ``stacking`` each finish their own
+annealed schedule at about the same total FLOPs, and ``full-wall`` at RAPTR's wall-clock.
 The ablations (``--ablations``, at the longest horizon; or named in ``--methods``, at every
 horizon) change one thing of ``raptr`` each.
 """
@@ -26,7 +33,8 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List
 
 from megaraptr.methods import build_schedule, parse_raptr_block
-from megaraptr.models import SIZES
+from megaraptr.models import DATA_KIND, SIZES
+from megaraptr.planning.flops import StepFlops, step_flops
 
 
 def raptr_depths(num_layers: int) -> List[int]:
@@ -37,6 +45,11 @@ def raptr_depths(num_layers: int) -> List[int]:
 def stacking_depths(num_layers: int) -> List[int]:
     """L/2, 3L/4, L rounded: 6-9-12 for 12 layers."""
     return [max(1, round(num_layers * f)) for f in (1 / 2, 3 / 4)] + [num_layers]
+
+
+def late_full_depths(num_layers: int) -> List[int]:
+    """L/2, 7L/12, 2L/3, L: 6-7-8-12 for 12 layers (mean 9 over stages of .2/.2/.2/.4)."""
+    return [max(1, round(num_layers * f)) for f in (1 / 2, 7 / 12, 2 / 3)] + [num_layers]
 
 
 def _dashed(depths: List[int]) -> str:
@@ -75,14 +88,24 @@ def _raptr(L: int, N: int, **changes) -> dict:
                 **changes)
 
 
+def raptr_layer_fraction(L: int, N: int) -> float:
+    """The expected layer-FLOPs fraction of ``raptr`` (the target the baselines match)."""
+    return build_schedule(parse_raptr_block(_raptr(L, N)), num_layers=L,
+                          total_steps=N).expected_flops_fraction()
+
+
 BASELINE = "full"
 """The run every other run of a horizon is compared with (full-model training, equal steps)."""
+MATCHED, WALL = "full-matched", "full-wall"
 METHODS: Dict[str, Callable[[int, int], dict]] = {
     BASELINE: lambda L, N: {"enabled": False},
-    "full-matched": lambda L, N: {"enabled": False},
+    MATCHED: lambda L, N: {"enabled": False},
+    WALL: lambda L, N: {"enabled": False},
     "raptr": lambda L, N: _raptr(L, N),
-    "pld": lambda L, N: {"enabled": True, "method": "pld"},
-    "layerdrop": lambda L, N: {"enabled": True, "method": "layerdrop"},
+    "pld": lambda L, N: {"enabled": True, "method": "pld",
+                         "pld": {"match_flops": round(raptr_layer_fraction(L, N), 4)}},
+    "layerdrop": lambda L, N: {"enabled": True, "method": "layerdrop",
+                               "layerdrop": {"match_flops": round(raptr_layer_fraction(L, N), 4)}},
     "stacking": lambda L, N: {"enabled": True, "method": "stacking",
                               "schedule": _dashed(stacking_depths(L))},
 }
@@ -102,6 +125,13 @@ ABLATIONS: Dict[str, Callable[[int, int, "object"], dict]] = {
     "raptr-stage-lr-rewarm": lambda L, N, a: _raptr(L, N,
                                                     stage_lr_rewarm_steps=max(1, round(0.02 * N))),
     "raptr-scaled": lambda L, N, a: _raptr(L, N, scaling="inverse_keep_prob"),
+    "raptr-sqrt-scaled": lambda L, N, a: _raptr(L, N, scaling="inverse_sqrt_keep_prob"),
+    # a stacking-style first stage: exactly the bottom L/2 - 1 layers and the last one run, as
+    # the fixed layers of every stage (the top half is sampled from stage 2 on)
+    "raptr-fixed-half": lambda L, N, a: _raptr(L, N, fixed_layers="first_stage"),
+    # 40% of the run on the full model at RAPTR's layer FLOPs (6-7-8-12 at .2/.2/.2/.4)
+    "raptr-late-full-stage": lambda L, N, a: _raptr(L, N, schedule=[
+        {"layers": d, "fraction": f} for d, f in zip(late_full_depths(L), (.2, .2, .2, .4))]),
     "raptr-momentum": lambda L, N, a: _raptr(L, N, skipped_layers="momentum"),
     "raptr-exact": lambda L, N, a: _raptr(L, N, sampling="exact"),
     "raptr-no-fixed": lambda L, N, a: _raptr(L, N, fixed_layers=[]),
@@ -153,7 +183,7 @@ class Run:
 
 
 def ds_config(args, steps: int, raptr: dict, job_name: str) -> dict:
-    return {
+    config = {
         "train_micro_batch_size_per_gpu": args.micro_batch,
         "gradient_accumulation_steps": 1,
         "gradient_clipping": 1.0,
@@ -164,11 +194,15 @@ def ds_config(args, steps: int, raptr: dict, job_name: str) -> dict:
         "scheduler": {"type": "WarmupCosineLR", "params": {
             "total_num_steps": steps, "warmup_num_steps": max(1, round(args.warmup * steps)),
             "warmup_min_ratio": 0.0, "cos_min_ratio": COS_MIN_RATIO}},
-        "zero_optimization": {"stage": 0},
+        # bf16: ZeRO-1, since DeepSpeed's ZeRO-0 bf16 wrapper updates every parameter each step
+        "zero_optimization": {"stage": 1 if args.precision == "bf16" else 0},
         "tensorboard": {"enabled": True, "output_path": os.path.join(args.out, "tensorboard"),
                         "job_name": job_name},
-        "raptr": raptr,
+        "raptr": dict(raptr, kernels=args.kernels) if args.kernels != "eager" else raptr,
     }
+    if args.precision == "bf16":
+        config["bf16"] = {"enabled": True}
+    return config
 
 
 def model_shape(args) -> tuple[int, int]:
@@ -180,8 +214,24 @@ def model_shape(args) -> tuple[int, int]:
     return s["num_layers"], s["num_layers"] * per_layer
 
 
+def flops_of(args) -> StepFlops:
+    """FLOPs of one step of the benchmark model (its data's vocabulary, its batch)."""
+    return step_flops(DATA_KIND[args.model], SIZES[args.size], vocab_size=args.vocab_size,
+                      seq_len=args.seq_len, sequences=args.micro_batch)
+
+
+def _write_run(args, h: float, name: str, n: int, evals: int, raptr: dict) -> Run:
+    folder = os.path.join(args.out, f"h{h:g}", name)
+    os.makedirs(folder, exist_ok=True)
+    config = ds_config(args, n, raptr, f"h{h:g}-{name}")
+    with open(os.path.join(folder, "ds_config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    return Run(h, name, n, evals, max(1, n // args.checkpoints), folder, config)
+
+
 def plan_runs(args, data_path: str) -> List[Run]:
-    """Every run of the sweep, its folder created and its ds_config written."""
+    """Every run of the sweep but ``full-wall`` (see :func:`plan_wall_runs`), its folder
+    created and its ds_config written."""
     L, params = model_shape(args)
     tokens_per_step = args.micro_batch * args.seq_len
     horizons = [None] if args.steps else sorted(args.horizons)
@@ -189,7 +239,7 @@ def plan_runs(args, data_path: str) -> List[Run]:
     for h in horizons:
         steps = args.steps or max(8, round(h * params / tokens_per_step))
         h = h if h is not None else steps * tokens_per_step / params
-        names = {m: METHODS[m] for m in args.methods if m in METHODS}
+        names = {m: METHODS[m] for m in args.methods if m in METHODS and m != WALL}
         names.update({a: (lambda fn: lambda L_, N_: fn(L_, N_, args))(ABLATIONS[a])
                       for a in args.methods if a in ABLATIONS})
         if args.ablations and h == max(horizons if args.steps is None else [h]):
@@ -198,14 +248,38 @@ def plan_runs(args, data_path: str) -> List[Run]:
         evals = max(1, steps // args.evals)
         for name, block_of in names.items():
             n = steps
-            if name == "full-matched":
-                raptr = parse_raptr_block(METHODS["raptr"](L, steps))
-                n = max(1, round(steps * build_schedule(raptr, num_layers=L, total_steps=steps)
-                                 .expected_flops_fraction()))
-            folder = os.path.join(args.out, f"h{h:g}", name)
-            os.makedirs(folder, exist_ok=True)
-            config = ds_config(args, n, block_of(L, n), f"h{h:g}-{name}")
-            with open(os.path.join(folder, "ds_config.json"), "w") as f:
-                json.dump(config, f, indent=2)
-            runs.append(Run(h, name, n, evals, max(1, n // args.checkpoints), folder, config))
+            if name == MATCHED:  # total FLOPs (head and embedding included) of raptr
+                fraction = flops_of(args).total_fraction(raptr_layer_fraction(L, steps))
+                n = max(1, round(steps * fraction))
+            runs.append(_write_run(args, h, name, n, evals, block_of(L, steps)))
     return runs
+
+
+def plan_wall_runs(args, runs: List[Run]) -> List[Run]:
+    """The ``full-wall`` run of each horizon whose ``full`` and ``raptr`` runs have finished:
+    N x (raptr's training seconds / full's), the ratio kept in its folder's ``wall.json`` (so a
+    resumed sweep trains the same run)."""
+    if WALL not in args.methods:
+        return []
+    out = []
+    for h in sorted({r.horizon for r in runs}):
+        by = {r.name: r for r in runs if r.horizon == h}
+        full, raptr = by.get(BASELINE), by.get("raptr")
+        if full is None or raptr is None:
+            continue
+        path = os.path.join(args.out, f"h{h:g}", WALL, "wall.json")
+        if os.path.isfile(path):
+            with open(path) as f:
+                wall = json.load(f)
+        elif full.finished() and raptr.finished():
+            wall = {"full_seconds": full.summary()["wall_seconds"],
+                    "raptr_seconds": raptr.summary()["wall_seconds"]}
+            wall["ratio"] = wall["raptr_seconds"] / wall["full_seconds"]
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w") as f:
+                json.dump(wall, f, indent=1)
+        else:
+            continue
+        n = max(1, round(full.steps * wall["ratio"]))
+        out.append(_write_run(args, h, WALL, n, full.eval_interval, METHODS[WALL](0, n)))
+    return out

@@ -5,38 +5,41 @@
         --methods full,full-matched,raptr,pld,layerdrop,stacking [--ablations] --parallel 2
 
 For every horizon h (tokens per non-embedding parameter) and every method it trains the same
-model with ``megaraptr.tools.train`` (same seed, same data order, AdamW with warmup + cosine decay over
-the run), evaluates the full model on held-out text at ``--evals`` points, and writes:
+model with ``megaraptr.tools.train`` (same seed, same data order, AdamW with warmup + cosine
+decay over each run's own length), evaluates the full model on held-out text at ``--evals``
+points, and writes:
 
 - ``OUT/h{h}/{method}/``: the run's ds_config, log, summary and checkpoints;
 - ``OUT/tensorboard/h{h}-{method}``: its TensorBoard run;
-- ``OUT/quality_h{h}.png`` (eval loss against steps, wall-clock and layer FLOPs) and
-  ``OUT/report.md`` (final loss, FLOPs, wall-clock, loss at equal wall-clock and equal FLOPs).
+- ``OUT/quality_h{h}.png`` (val loss against steps, wall-clock and total FLOPs),
+  ``OUT/report.md`` (equal-steps, equal-FLOPs and equal-wall-clock tables of finished runs)
+  and ``OUT/runs.json`` (every finished run's record).
 
-Held-out text: the data's val split, or any text/jsonl file given as ``--eval-data``. The sweep
-resumes: a finished run (its summary says so) is skipped, an interrupted one continues from its
-last checkpoint (``--checkpoints`` per run). ``--parallel P`` runs P trainings at once, each on
-its own cores (``taskset``), so side-by-side wall-clock stays comparable. Methods and ablations
-are defined in :mod:`megaraptr.bench.methods`; the report in :mod:`megaraptr.bench.report`.
+Held-out text: the data's val split, and beside it (a column of its own everywhere) any
+text/jsonl file or prepared folder given as ``--eval-data [NAME=]PATH`` (prepared with the
+training data's tokenizer) and, with ``--holdout-source NAME``, one source of a corpus folder
+(the ``source`` field of each jsonl line) left out of training and evaluated on its own (the
+val column then holds the other sources' val documents). The sweep resumes: a finished run
+(its summary says so) is skipped, an interrupted one continues from its last checkpoint
+(``--checkpoints`` per run). ``--parallel P`` runs P trainings at once: on CPU each on its own
+cores (``taskset``), so side-by-side wall-clock stays comparable; with ``--device cuda
+--precision bf16 --kernels auto`` they share the GPU. Methods and ablations are defined in
+:mod:`megaraptr.bench.methods`, the running of the trainings (and ``--deadline``) in
+:mod:`megaraptr.bench.sweep`, the report in :mod:`megaraptr.bench.report`.
 """
 from __future__ import annotations
 
 import argparse
 import importlib.util
 import os
-import re
-import shutil
-import subprocess
 import sys
-import time
-from dataclasses import dataclass
-from typing import List, Optional
+from typing import List
 
-from megaraptr.bench.methods import ABLATIONS, METHODS, Run, plan_runs
+from megaraptr.bench.methods import ABLATIONS, METHODS, plan_runs, plan_wall_runs
 from megaraptr.bench.report import write_report
-from megaraptr.data import resolve_data
-from megaraptr.data.cache import prepare_cached
-from megaraptr.data.resolve import SAMPLE_DIR
+from megaraptr.bench.sweep import train_all
+from megaraptr.data import load_prepared, prepare_cached, resolve_data
+from megaraptr.data.eval_sets import hold_out_source, prepare_eval_set
 from megaraptr.errors import ConfigError, MegaraptrError
 from megaraptr.models import DATA_KIND, MODELS, SIZES
 from megaraptr.tools.argparsing import OneLineParser
@@ -67,8 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", metavar="PATH", default=None,
                    help="raw text/jsonl files or folders, or a prepared folder (default: the "
                         "built-in sample)")
-    p.add_argument("--eval-data", metavar="FILE", default=None,
-                   help="held-out text/jsonl file (default: the data's val split)")
+    p.add_argument("--eval-data", metavar="[NAME=]PATH", default=None,
+                   help="held-out text/jsonl file, or prepared folder, evaluated beside the val "
+                        "split (a column named NAME, default the file's name)")
+    p.add_argument("--holdout-source", metavar="NAME", default=None,
+                   help="train without this source of the --data corpus folder, evaluate on it "
+                        "beside val (with a prepared --data: give its prepared text as "
+                        "--eval-data NAME=DIR)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    p.add_argument("--kernels", choices=["eager", "fused", "compiled", "auto"], default="eager")
     p.add_argument("--vocab-size", type=int, default=2048)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--micro-batch", type=int, default=16)
@@ -89,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoints", type=int, default=4, help="checkpoints per run, for resume")
     p.add_argument("--parallel", type=int, default=1, help="trainings at once, one core set each")
     p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--deadline", type=float, default=None, metavar="UNIX_TIME",
+                   help="stop the lowest-priority runs (the last named) when the sweep would end "
+                        "later; stopped runs are in no table")
     p.add_argument("--report-only", action="store_true", help="write the report, train nothing")
     return p
 
@@ -108,115 +122,64 @@ def parse_args(argv=None) -> argparse.Namespace:
                           "'megaraptr[bench]' (or matplotlib) first")
     if not 0 <= args.warmup < 1:
         raise ConfigError("--warmup", f"must be in [0, 1), got {args.warmup}")
-    for path in (args.data, args.eval_data):
+    args.eval_name, args.eval_path = None, None
+    if args.eval_data is not None:
+        name, sep, path = args.eval_data.partition("=")
+        args.eval_path = path if sep else args.eval_data
+        args.eval_name = name if sep else os.path.basename(args.eval_path.rstrip("/")).split(".")[0]
+    if args.eval_name in ("val", args.holdout_source) and args.eval_name is not None \
+            and not (args.holdout_source and args.eval_name == args.holdout_source
+                     and os.path.isfile(os.path.join(args.eval_path, "index.json"))):
+        raise ConfigError("--eval-data", f"the column name {args.eval_name!r} is taken; allowed: "
+                          "NAME=PATH with another NAME")
+    for flag, path in (("--data", args.data), ("--eval-data", args.eval_path)):
         if path is not None and not os.path.exists(path):
-            raise ConfigError("--data" if path == args.data else "--eval-data",
-                              f"{path}: no such file or directory")
+            raise ConfigError(flag, f"{path}: no such file or directory")
+    if args.holdout_source and args.data is None:
+        raise ConfigError("--holdout-source", "needs --data: a corpus folder whose jsonl lines "
+                          "have a \"source\" field")
+    prepared = args.data is not None and os.path.isfile(os.path.join(args.data, "index.json"))
+    if args.holdout_source and prepared and args.eval_name != args.holdout_source:
+        raise ConfigError("--holdout-source", f"with a prepared --data, give the held-out text "
+                          f"as --eval-data {args.holdout_source}=DIR")
     return args
 
 
-def prepared_data_path(args) -> str:
-    """Prepare (or find in the cache) the data once, so every run reads the same shards."""
-
-    kind = DATA_KIND[args.model]
-    if args.eval_data is None:
-        data = resolve_data(args.data, kind=kind, vocab_size=args.vocab_size)
+def prepared_data(args) -> tuple:
+    """Prepare (or find in the cache) the data once, so every run reads the same shards;
+    returns (data folder, {column name: prepared folder} of the extra held-out sets)."""
+    kind, extras = DATA_KIND[args.model], {}
+    prepared = args.data is not None and os.path.isfile(os.path.join(args.data, "index.json"))
+    if args.holdout_source and not prepared:
+        split = hold_out_source(args.data, args.holdout_source)
+        data = prepare_cached([split.train], val_inputs=[split.val], kind=kind,
+                              vocab_size=args.vocab_size)
+        extras[args.holdout_source] = str(prepare_eval_set(split.heldout, data).path)
     else:
-
-        data = prepare_cached(args.data or SAMPLE_DIR, kind=kind, vocab_size=args.vocab_size,
-                              val_inputs=args.eval_data)
-    return str(data.path)
-
-
-def run_command(run: Run, data: str, args) -> List[str]:
-    cmd = [sys.executable, "-m", "megaraptr.train", "--deepspeed_config", run.config_path,
-           "--model", args.model, "--size", args.size, "--data", data,
-           "--seq-len", str(args.seq_len), "--train-steps", str(run.steps),
-           "--eval-interval", str(run.eval_interval), "--eval-sequences", str(args.eval_sequences),
-           "--seed", str(args.seed), "--summary", run.summary_path,
-           "--save", run.checkpoint_dir, "--save-interval", str(run.save_interval)]
-    if os.path.isfile(os.path.join(run.checkpoint_dir, "latest")):
-        cmd += ["--load", run.checkpoint_dir]
-    return cmd
-
-
-@dataclass
-class Running:
-    run: Run
-    proc: subprocess.Popen
-    started: float
-    cores: str
-
-
-def _progress(run: Run) -> str:
-    try:
-        with open(run.log_path, "rb") as f:
-            f.seek(max(0, os.path.getsize(run.log_path) - 4000))
-            tail = f.read().decode(errors="replace")
-    except OSError:
-        return "starting"
-    found = re.findall(r"(\d+)/(\d+) \[", tail)
-    return f"step {found[-1][0]}/{found[-1][1]}" if found else "starting"
-
-
-def _cores(slot: int, parallel: int) -> str:
-    count = os.cpu_count() or 1
-    per = max(1, count // parallel)
-    first = (slot * per) % count
-    return f"{first}-{first + per - 1}" if per > 1 else str(first)
-
-
-def train_all(runs: List[Run], data: str, args) -> List[Run]:
-    """Run what is not finished, ``--parallel`` at a time; returns the runs that failed."""
-    todo = [r for r in runs if not r.finished()]
-    print(f"{PROG}: {len(runs)} runs, {len(runs) - len(todo)} already finished, "
-          f"{len(todo)} to train, {args.parallel} at a time", flush=True)
-    running: List[Optional[Running]] = [None] * args.parallel
-    failed, done, last_report = [], len(runs) - len(todo), 0.0
-    taskset = shutil.which("taskset") if args.parallel > 1 else None
-    while todo or any(running):
-        for slot, item in enumerate(running):
-            if item is not None and item.proc.poll() is not None:
-                ok = item.proc.returncode == 0 and item.run.finished()
-                done += 1
-                summary = item.run.summary() if ok else {}
-                status = (f"eval loss {summary['final_eval_loss']:.4f}, layer FLOPs "
-                          f"{summary['layer_flops_fraction']:.3f}, {summary['wall_seconds']:.0f} s"
-                          if ok else f"FAILED (exit {item.proc.returncode}), see {item.run.log_path}")
-                print(f"[{done}/{len(runs)}] {item.run.label}: {status}", flush=True)
-                if not ok:
-                    failed.append(item.run)
-                running[slot] = item = None
-            if item is None and todo:
-                run = todo.pop(0)
-                cores = _cores(slot, args.parallel)
-                cmd = run_command(run, data, args)
-                if taskset:
-                    cmd = [taskset, "-c", cores] + cmd
-                threads = str(max(1, (os.cpu_count() or 1) // args.parallel))
-                env = dict(os.environ, OMP_NUM_THREADS=threads, DS_ACCELERATOR="cpu",
-                           TOKENIZERS_PARALLELISM="false") if args.parallel > 1 else os.environ
-                log = open(run.log_path, "a")
-                log.write(f"$ {' '.join(cmd)}\n")
-                log.flush()
-                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-                running[slot] = Running(run, proc, time.time(), cores)
-                print(f"{PROG}: start {run.label} ({run.steps} steps) on cores {cores}", flush=True)
-        if time.time() - last_report > 60:
-            last_report = time.time()
-            active = [f"{r.run.label} {_progress(r.run)}" for r in running if r]
-            if active:
-                print(f"{PROG}: running: {'; '.join(active)}; {len(todo)} waiting", flush=True)
-        time.sleep(1.0)
-    return failed
+        data = resolve_data(args.data, kind=kind, vocab_size=args.vocab_size)
+    if args.eval_path is not None:
+        extras[args.eval_name] = (args.eval_path if os.path.isfile(
+            os.path.join(args.eval_path, "index.json")) else
+            str(prepare_eval_set(args.eval_path, data).path))
+    for name, path in extras.items():
+        if load_prepared(path).vocab_size != data.vocab_size:
+            raise ConfigError("--eval-data", f"{path}: another tokenizer than the training "
+                              f"data's; allowed: text, or data prepared with {data.path}")
+    args.vocab_size = data.vocab_size  # the FLOPs count uses the real vocabulary
+    args.extras = extras
+    return str(data.path), extras
 
 
 def main(argv=None) -> int:
     try:
         args = parse_args(argv)
-        data = prepared_data_path(args)
+        data, _ = prepared_data(args)
         runs = plan_runs(args, data)
         failed = [] if args.report_only else train_all(runs, data, args)
+        wall = plan_wall_runs(args, runs)  # needs full and raptr finished: a second phase
+        if wall and not args.report_only:
+            failed += train_all(wall, data, args)
+        runs += wall
 
         path = write_report(runs, args)
     except MegaraptrError as err:

@@ -48,8 +48,10 @@ from megaraptr.runtime.distributed import init_distributed
 from megaraptr.tools.argparsing import OneLineParser, int_list
 
 PROG = "megaraptr-bench-step-time"
-# (micro batch, seq len) per size: base/medium as in docs/gpu.md, tiny/mini/narrow CPU-friendly.
-SHAPES = {"tiny": (8, 128), "mini": (8, 128), "narrow": (8, 128), "base": (64, 512),
+# (micro batch, seq len) per size: base/medium as in docs/gpu.md, tiny/mini/narrow CPU-friendly,
+# small/slim as in the GPU quality study (megaraptr.bench.gpu_quality).
+SHAPES = {"tiny": (8, 128), "mini": (8, 128), "narrow": (8, 128), "small": (256, 128),
+          "slim": (256, 128), "base": (64, 512),
           "medium": (16, 1024), "1.3b": (8, 1024), "1.6b": (8, 1024)}
 
 

@@ -176,9 +176,11 @@ class RaptrConfig(BaseModel):
     exact: the fixed layers plus a uniform random subset, exactly k layers every step (whole
     depths only); balanced (pipelines): every pipeline stage runs its expected number of
     layers rounded the same way (+-1), each non-fixed layer still with probability p."""
-    fixed_layers: Optional[List[int]] = None
-    """Layers that always run; negative indices count from the end. Unset: [0, -1] for
-    raptr, none for the other methods."""
+    fixed_layers: Optional[Union[List[int], Literal["first_stage"]]] = None
+    """Layers that always run; negative indices count from the end. Or "first_stage": the
+    bottom d - 1 layers and the last, d being the first stage's depth, so the first stage
+    trains one fixed subnetwork (as gradual stacking's first stage does) and later stages
+    sample the top layers. Unset: [0, -1] for raptr, none for the other methods."""
     scaling: Optional[Literal["none", "inverse_keep_prob", "inverse_sqrt_keep_prob"]] = None
     """Residual-branch scale of kept stochastic layers: 1, 1/p (inverted dropout) or 1/sqrt(p).
     The paper scales kept outputs without a formula we could establish: 1/p and 1/sqrt(p) are
@@ -228,10 +230,20 @@ class RaptrConfig(BaseModel):
     then an exponential mean with weight 1/loss_spike_window per step."""
 
     @property
-    def effective_fixed_layers(self) -> List[int]:
-        if self.fixed_layers is not None:
-            return list(self.fixed_layers)
-        return list(METHOD_DEFAULTS[self.method]["fixed_layers"])
+    def effective_fixed_layers(self) -> Union[List[int], str]:
+        """The fixed layers asked for: a list of indices, or "first_stage" (resolved against
+        the schedule by :func:`megaraptr.methods.build_schedule`)."""
+        chosen = self.fixed_layers if self.fixed_layers is not None else \
+            METHOD_DEFAULTS[self.method]["fixed_layers"]
+        return chosen if isinstance(chosen, str) else list(chosen)
+
+    @field_validator("fixed_layers", mode="before")
+    @classmethod
+    def _named_fixed_layers(cls, value: Any) -> Any:
+        if isinstance(value, str) and value != "first_stage":
+            raise ValueError(f'{json.dumps(value)} is not a fixed-layer set; allowed: a list of '
+                             'layer indices, or "first_stage"')
+        return value
 
     @property
     def effective_scaling(self) -> str:
@@ -271,7 +283,9 @@ def _key_path(loc: tuple) -> str:
 def _format(err: ValidationError) -> ConfigError:
     errors = err.errors()
     first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-    loc, kind = tuple(first["loc"]), first["type"]
+    # a union's branch names ("list[int]", "literal[...]") are no part of the key path
+    loc = tuple(p for p in first["loc"] if not (isinstance(p, str) and "[" in p))
+    kind = first["type"]
     if kind == "extra_forbidden":
         model = {"schedule": StageSpec, "pld": PLDSpec, "layerdrop": LayerDropSpec,
                  "stacking": StackingSpec, "pipeline": PipelineSpec}.get(loc[0], RaptrConfig) \

@@ -16,7 +16,9 @@ against 41.4 ms per layer, mini size, one thread) and compiling takes seconds, w
 AdamW step was 3.7x faster than the default one. Why not under ZeRO-3: DeepSpeed gathers each
 submodule's parameters in hooks that torch.compile may not trace, so a block falls apart into
 a graph per submodule (15 graphs for 4 layers measured on CPU), which is refused as
-``"compiled"`` with a one-line error.
+``"compiled"`` with a one-line error. Under tensor parallelism (T > 1) each block's attention
+and MLP hold collectives in autograd functions that megaraptr has not compiled: ``"compiled"``
+is refused, ``"auto"`` picks ``"fused"`` there.
 """
 from __future__ import annotations
 
@@ -76,7 +78,7 @@ def apex_available() -> bool:
 
 
 def resolve_kernels(requested: str, *, device: str, zero_stage: int = 0,
-                    key: str = KEY) -> KernelPlan:
+                    key: str = KEY, tensor_parallel: int = 1) -> KernelPlan:
     """Resolve a kernels setting.
 
     Args:
@@ -84,6 +86,7 @@ def resolve_kernels(requested: str, *, device: str, zero_stage: int = 0,
         device: the device type the model trains on ("cuda", "cpu", ...).
         zero_stage: the DeepSpeed ZeRO stage (0 without DeepSpeed).
         key: the setting's name in error messages.
+        tensor_parallel: the tensor-parallel size T (1: none).
 
     Raises:
         ConfigError: an unknown mode, or "compiled" where it cannot run (ZeRO-3; CUDA without
@@ -94,7 +97,9 @@ def resolve_kernels(requested: str, *, device: str, zero_stage: int = 0,
     cuda = device == "cuda"
     mode, reason = requested, "as requested"
     if requested == "auto":
-        if cuda and zero_stage == 3:
+        if cuda and tensor_parallel > 1:
+            mode, reason = "fused", "auto: tensor parallelism (blocks hold collectives)"
+        elif cuda and zero_stage == 3:
             mode, reason = "fused", "auto: ZeRO-3 gathers parameters inside each block"
         elif cuda and not triton_available():
             mode, reason = "fused", "auto: no Triton for torch.compile"
@@ -108,6 +113,10 @@ def resolve_kernels(requested: str, *, device: str, zero_stage: int = 0,
         raise ConfigError(key, '"compiled" does not run under ZeRO-3 (DeepSpeed gathers '
                           "parameters in hooks that break each block into many graphs); "
                           'allowed there: "fused", "eager" or "auto"')
+    if mode == "compiled" and tensor_parallel > 1:
+        raise ConfigError(key, f'"compiled" does not run with tensor parallel {tensor_parallel} '
+                          "(the blocks' collectives are not compiled); allowed there: "
+                          '"fused", "eager" or "auto"')
     if mode == "compiled" and cuda and compile_backend() == "inductor" and \
             not triton_available():
         raise ConfigError(key, '"compiled" needs Triton on CUDA (torch.compile\'s inductor); '

@@ -81,6 +81,20 @@ def split_ds_config(config: Union[str, os.PathLike, dict]) -> tuple[RaptrConfig,
     return parse_raptr_block(ds_config.pop("raptr", None)), ds_config
 
 
+def _fixed_layers(config: RaptrConfig, num_layers: int) -> list:
+    """The fixed layer indices; "first_stage": the bottom d - 1 and the last (d: the first
+    stage's depth)."""
+    chosen = config.effective_fixed_layers
+    if chosen != "first_stage":
+        return chosen
+    first = config.schedule[0] if config.schedule else None
+    if first is None or first.layers is None or first.layers != int(first.layers) \
+            or not 1 <= first.layers <= num_layers:
+        raise ConfigError("raptr.fixed_layers", '"first_stage" needs a schedule whose first '
+                          f'stage gives a whole "layers" from 1 to {num_layers}')
+    return list(range(int(first.layers) - 1)) + [num_layers - 1]
+
+
 def build_schedule(config: RaptrConfig, *, num_layers: int, total_steps: int) -> Schedule:
     """Resolve the raptr block against the model depth and run length.
 
@@ -96,7 +110,7 @@ def build_schedule(config: RaptrConfig, *, num_layers: int, total_steps: int) ->
     check_run(num_layers, total_steps)
     if not config.trains_subnetworks:
         return full_schedule(num_layers, total_steps)
-    fixed = resolve_fixed_layers(config.effective_fixed_layers, num_layers)
+    fixed = resolve_fixed_layers(_fixed_layers(config, num_layers), num_layers)
     check_run(num_layers, total_steps, config.full_model_warmup_steps)
     return get(config.method).build(config, num_layers=num_layers, total_steps=total_steps,
                                     fixed=fixed)

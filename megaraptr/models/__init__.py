@@ -1,4 +1,4 @@
-"""Reference models: a BERT-style masked LM and a GPT-style causal LM, in four sizes.
+"""Reference models: a BERT-style masked LM and a GPT-style causal LM, in named sizes.
 
 ``build_model("bert", "tiny", vocab_size=8192, seq_len=128)``; ``num_layers("base")`` gives a
 size's depth without building anything (for validating a schedule before the model exists).
@@ -13,6 +13,11 @@ SIZES = {
     "tiny": dict(num_layers=4, hidden=128, heads=2, ffn=512),       # tests
     "mini": dict(num_layers=8, hidden=256, heads=4, ffn=1024),      # CPU benchmarks
     "narrow": dict(num_layers=12, hidden=48, heads=3, ffn=192),     # CPU quality studies
+    # GPU quality study (megaraptr.bench.gpu_quality): 12 x 256 = 9.48M non-embedding
+    # parameters (BERT); 12 x 176 = 4.49M (GPT: 20 tokens per parameter in ~4 passes over the
+    # corpus; two heads of 88, a width flash attention takes)
+    "small": dict(num_layers=12, hidden=256, heads=4, ffn=1024),
+    "slim": dict(num_layers=12, hidden=176, heads=2, ffn=704),
     "base": dict(num_layers=12, hidden=768, heads=12, ffn=3072),    # BERT-base shape
     "medium": dict(num_layers=24, hidden=1024, heads=16, ffn=4096),  # GPT-2-medium = BERT-large
     # 24 x (12 h^2 + 13 h) = 1.209B in blocks + 50304 x 2048 tied embedding = 1.31B (GPT-3 XL)

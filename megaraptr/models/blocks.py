@@ -44,24 +44,28 @@ class ModelConfig:
 
 
 class SelfAttention(nn.Module):
-    """Multi-head self-attention with one fused QKV projection."""
+    """Multi-head self-attention with one fused QKV projection.
+
+    Shapes follow ``heads`` and ``head_dim``, not the input width, so a tensor-parallel rank
+    that holds ``heads / T`` of the heads (:mod:`megaraptr.runtime.tp`) runs the same code."""
 
     def __init__(self, cfg: ModelConfig, *, causal: bool):
         super().__init__()
         if cfg.hidden % cfg.heads:
             raise ValueError(f"hidden {cfg.hidden} is not divisible by heads {cfg.heads}")
         self.heads, self.causal, self.dropout = cfg.heads, causal, cfg.dropout
+        self.head_dim = cfg.hidden // cfg.heads
         self.qkv = nn.Linear(cfg.hidden, 3 * cfg.hidden)
         self.proj = nn.Linear(cfg.hidden, cfg.hidden)
 
     def forward(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        batch, seq, hidden = x.shape
-        q, k, v = self.qkv(x).view(batch, seq, 3, self.heads, hidden // self.heads).unbind(2)
+        batch, seq, _ = x.shape
+        q, k, v = self.qkv(x).view(batch, seq, 3, self.heads, self.head_dim).unbind(2)
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=attn_mask,
             dropout_p=self.dropout if self.training else 0.0,
             is_causal=self.causal and attn_mask is None)
-        return self.proj(out.transpose(1, 2).reshape(batch, seq, hidden))
+        return self.proj(out.transpose(1, 2).reshape(batch, seq, self.heads * self.head_dim))
 
 
 class MLP(nn.Module):

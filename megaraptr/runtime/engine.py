@@ -32,9 +32,9 @@ from megaraptr.core.mask import LayerMask, MaskDigest
 from megaraptr.core.sampler import SubnetworkSampler
 from megaraptr.core.schedule import Schedule, rewarm_multiplier
 from megaraptr.core.stage import Stage
-from megaraptr.errors import DivergenceError
-from megaraptr.runtime import compat, consistency, resume_state, surface
-from megaraptr.runtime.divergence import DivergenceGuard, StepReduction, reduce_step, weights_finite
+from megaraptr.runtime import checkpoints, compat, consistency, surface, tp
+from megaraptr.runtime.checkpoints import engine_io
+from megaraptr.runtime.divergence import DivergenceGuard, StepReduction, reduce_step
 from megaraptr.runtime.layer_copy import grow
 from megaraptr.runtime.lr_scale import scale_lr_once
 from megaraptr.runtime.skip_probe import SkipProbe
@@ -68,7 +68,7 @@ class RaptrEngine:
     """
 
     def __init__(self, ds_engine, *, config: RaptrConfig, schedule: Schedule, seed: int,
-                 partitions=None, kernels: Optional[dict] = None):
+                 partitions=None, kernels: Optional[dict] = None, tensor_parallel=None):
         self.ds = ds_engine
         self.kernels = dict(kernels or NOT_INSTALLED)  # per engine, never shared
         self.config = config
@@ -79,6 +79,10 @@ class RaptrEngine:
         self.deepspeed_patches = dict(compat.PROCESS_PATCHES)
         """Each DeepSpeed patch megaraptr considered: "active" or "fallback: <reason>" (a
         source differs from DeepSpeed 0.19.8's: DeepSpeed's own path runs); runtime.compat."""
+        self.tp = tp.attach(tensor_parallel, self.deepspeed_patches)  # ParallelGroups or None
+        self.checkpoint_io = engine_io.install(ds_engine, self.deepspeed_patches)
+        """DeepSpeed's checkpoint reads go through the safe loader; writes of a save are
+        recorded here (:mod:`megaraptr.runtime.checkpoints`)."""
         self.trace = SubnetworkTrace(ds_engine, self.blocks) if self.zero_stage == 3 and \
             compat.guard(self.deepspeed_patches, "zero3_prefetch") else None
         self.private_clear = self.zero_stage == 3 and \
@@ -120,8 +124,8 @@ class RaptrEngine:
 
     is_pipeline = False
     """True in :class:`megaraptr.runtime.pipe.engine.RaptrPipelineEngine` (the blocks of one stage)."""
-    check_group = property(lambda self: self.ds.data_parallel_group)
-    """The ranks that must agree on the subnetwork (pipelines: all of them)."""
+    check_group = property(lambda self: self.ds.data_parallel_group if self.tp is None else None)
+    """The ranks that must agree on the subnetwork (under TP and in pipelines: every rank)."""
 
     @property
     def seed(self) -> int:
@@ -306,22 +310,17 @@ class RaptrEngine:
         return float(sums[0] / sums[1])
 
     def save_checkpoint(self, save_dir: str, tag: Optional[str] = None,
-                        client_state: Optional[dict] = None, **kwargs) -> bool:
-        """DeepSpeed's checkpoint with megaraptr's state under ``client_state["raptr"]``.
-
-        Raises:
-            DivergenceError: some weight is not finite (on any rank): nothing is written.
-        """
-        if not weights_finite(self.ds.module, self.ds.device):
-            raise DivergenceError(f"step {self.applied_steps}: non-finite weights; checkpoint "
-                                  f"{tag or 'of this step'} not written")
-        state = dict(client_state or {}, raptr=resume_state.raptr_state(self))
-        return self.ds.save_checkpoint(save_dir, tag=tag, client_state=state, **kwargs)
+                        client_state: Optional[dict] = None, **kwargs) -> str:
+        """A complete checkpoint with megaraptr's state under ``client_state["raptr"]`` and
+        ``latest`` moved to it, or nothing (:func:`megaraptr.runtime.checkpoints.save`: ``keep``,
+        ``run``; non-finite weights raise DivergenceError); returns its folder."""
+        return checkpoints.save(self, save_dir, tag, client_state, **kwargs)
 
     def load_checkpoint(self, load_dir: str, tag: Optional[str] = None, *,
-                        override_schedule: bool = False, **kwargs):
-        """Load a checkpoint and megaraptr's state; refuse a different schedule unless
-        ``override_schedule``. Returns (path, client_state) like DeepSpeed."""
-        path, client_state = self.ds.load_checkpoint(load_dir, tag=tag, **kwargs)
-        resume_state.restore_raptr_state(self, path, client_state, override_schedule)
-        return path, client_state
+                        override_schedule: bool = False, verify: bool = True, **kwargs):
+        """Load a checkpoint and megaraptr's state (:func:`megaraptr.runtime.checkpoints.
+        load_engine`: ``tag``, or ``latest`` verified on all ranks with fallback to the newest
+        complete one; a different schedule refused unless ``override_schedule``). Returns
+        (path, client_state) like DeepSpeed."""
+        return checkpoints.load_engine(self, load_dir, tag, override_schedule=override_schedule,
+                                       verify=verify, **kwargs)

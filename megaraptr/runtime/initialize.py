@@ -4,6 +4,10 @@ It validates the config's "raptr" block and schedule against the model's blocks 
 DeepSpeed builds anything, installs the chosen kernels (:mod:`megaraptr.kernels`), gives
 each layer its own optimizer parameter groups, and wraps DeepSpeed's engine in
 :class:`megaraptr.runtime.engine.RaptrEngine`.
+
+With ``"tensor_parallel": {"autotp_size": T}`` (T > 1) in the config, megaraptr makes the
+T x D process groups, splits every block over its tensor-parallel group and hands DeepSpeed
+the groups as its ``mpu`` (:func:`megaraptr.runtime.tp.split_for_data_parallel`).
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from megaraptr.errors import ConfigError, RunWarning
 from megaraptr.kernels import apply_kernels, fused_optimizer, resolve_kernels
 from megaraptr.runtime.distributed import init_distributed
 from megaraptr.runtime.engine import RaptrEngine
+from megaraptr.runtime.tp import split_for_data_parallel
 from megaraptr.runtime.zero.groups import has_layer_groups, layer_param_groups
 
 
@@ -63,8 +68,9 @@ def initialize(args=None, model=None, optimizer=None, model_parameters=None,
     note = scheduler_warmup_note(ds_config, total_steps)
     if note is not None:
         warnings.warn(note, RunWarning, stacklevel=2)
+    tp_groups, ds_config = split_for_data_parallel(model, blocks, ds_config, ds_kwargs)
     kernels, ds_config, optimizer = _install_kernels(raptr_config.kernels, model, blocks,
-                                                     ds_config, optimizer)
+                                                     ds_config, optimizer, tp_groups)
     if isinstance(optimizer, torch.optim.Optimizer):
         if raptr_config.trains_subnetworks and raptr_config.skipped_layers == "freeze" and \
                 not has_layer_groups(optimizer):
@@ -81,7 +87,7 @@ def initialize(args=None, model=None, optimizer=None, model_parameters=None,
         training_data=training_data, lr_scheduler=lr_scheduler, config=ds_config, **ds_kwargs)
     engine = RaptrEngine(ds_engine, config=raptr_config, schedule=schedule,
                          seed=raptr_config.sampler_seed(seed), partitions=partitions,
-                         kernels=kernels)
+                         kernels=kernels, tensor_parallel=tp_groups)
     return engine, ds_optimizer, dataloader, scheduler
 
 
@@ -96,13 +102,15 @@ def unsynchronised_throughput_timer(ds_config: dict) -> dict:
     return dict(ds_config, timers={"throughput": {"enabled": True, "synchronized": False}})
 
 
-def _install_kernels(mode: str, model, blocks, ds_config: dict, optimizer):
+def _install_kernels(mode: str, model, blocks, ds_config: dict, optimizer, tp_groups=None):
     """Resolve the "kernels" setting for this device and ZeRO stage and install it on the
     model and the optimizer; returns (report, ds_config, optimizer) (megaraptr.kernels)."""
     from deepspeed.accelerator import get_accelerator
 
     stage = int((ds_config.get("zero_optimization") or {}).get("stage", 0))
-    plan = resolve_kernels(mode, device=get_accelerator().device_name(), zero_stage=stage)
+    size = 1 if tp_groups is None else tp_groups.tensor_size
+    plan = resolve_kernels(mode, device=get_accelerator().device_name(), zero_stage=stage,
+                           tensor_parallel=size)
     installed = apply_kernels(model, blocks, plan)
     ds_config, optimizer, choice = fused_optimizer(ds_config, plan, optimizer)
     return dict(plan.to_dict(), optimizer=choice, **installed), ds_config, optimizer

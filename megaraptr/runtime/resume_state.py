@@ -7,19 +7,23 @@ restores ``global_steps``). What the step cannot give is the run's history and i
   trained and the layers that ran, so a resumed run reports the whole run's digest and
   layer-FLOPs fraction;
 - ``seed`` and ``schedule`` (fingerprint and description): a resume under a different
-  schedule, seed or run length is refused unless the caller overrides it explicitly.
+  schedule, seed or run length is refused unless the caller overrides it explicitly;
 - ``guard``: the divergence guard's counts and running loss mean
   (:class:`megaraptr.runtime.divergence.DivergenceGuard`), so a resumed run drops and stops
-  where the uninterrupted one would (absent in older checkpoints: a fresh guard).
+  where the uninterrupted one would (absent in older checkpoints: a fresh guard);
+- ``tensor_parallel`` (only when T > 1, so other checkpoints are unchanged): each rank's files
+  hold its shards, so a resume under another T is refused.
+
+Checkpoints also carry it in their manifest, so that it is read without unpickling anything
+(:mod:`megaraptr.runtime.checkpoints`).
 """
 from __future__ import annotations
 
 import dataclasses
-import glob
-import os
 from typing import Optional
 
 from megaraptr.errors import CheckpointError
+from megaraptr.runtime.tp.setup import tensor_size
 
 VERSION = 1
 
@@ -32,7 +36,7 @@ def describe(schedule, seed: int) -> str:
 
 def raptr_state(engine) -> dict:
     """The dict saved under ``client_state["raptr"]``."""
-    return {
+    state = {
         "version": VERSION,
         "applied_steps": engine.applied_steps,
         "seed": engine.seed,
@@ -46,44 +50,23 @@ def raptr_state(engine) -> dict:
             "costs": dataclasses.asdict(engine.costs), "layer_parts": list(engine.layer_parts),
             "num_stages": engine.num_stages},
     }
+    tensor = tensor_size(engine)
+    if tensor > 1:
+        state["tensor_parallel"] = tensor
+    return state
 
 
-def find_checkpoint(load_dir: str, tag: Optional[str] = None) -> str:
-    """The checkpoint folder that ``load_checkpoint(load_dir, tag)`` would read.
+def check_saved_tensor_parallel(state: Optional[dict], tensor: int, where: str) -> None:
+    """Refuse a checkpoint written under another tensor-parallel size.
 
     Raises:
-        CheckpointError: no such folder, or no 'latest' file and no tag.
+        CheckpointError: naming both sizes.
     """
-    if not os.path.isdir(load_dir):
-        raise CheckpointError(f"--load {load_dir}: no such directory")
-    if tag is None:
-        latest = os.path.join(load_dir, "latest")
-        if not os.path.isfile(latest):
-            raise CheckpointError(f"--load {load_dir}: no DeepSpeed checkpoint there (no 'latest' "
-                                  "file)")
-        with open(latest) as f:
-            tag = f.read().strip()
-    path = os.path.join(load_dir, tag)
-    if not os.path.isdir(path):
-        raise CheckpointError(f"--load {load_dir}: checkpoint tag '{tag}' has no folder {path}")
-    return path
-
-
-def read_raptr_state(checkpoint_path: str, key: str = "raptr") -> Optional[dict]:
-    """megaraptr's state from a checkpoint folder, read lazily (mmap) before any engine exists
-    (``key``: another entry of the client state, e.g. the training loop's "train")."""
-    import torch
-
-    files = sorted(glob.glob(os.path.join(checkpoint_path, "mp_rank_*model_states.pt"))) or \
-        sorted(glob.glob(os.path.join(checkpoint_path, "*model_states.pt")))  # not layer_XX-
-    if not files:
-        raise CheckpointError(f"{checkpoint_path}: no DeepSpeed model states file in it")
-    try:
-        states = torch.load(files[0], map_location="cpu", weights_only=False, mmap=True)
-    except Exception as err:  # a truncated or foreign file: say which, in one line
-        raise CheckpointError(f"{files[0]}: cannot be read ({type(err).__name__}: {err})") \
-            from None
-    return states.get(key)
+    saved = (state or {}).get("tensor_parallel", 1)
+    if saved != tensor:
+        raise CheckpointError(f"{where} was written with tensor_parallel.autotp_size {saved}; "
+                              f"this run has {tensor}: each rank's files hold its shards, so "
+                              f"resume with autotp_size {saved}")
 
 
 def check_compatible(state: Optional[dict], schedule, seed: int, where: str,
@@ -122,6 +105,7 @@ def restore_raptr_state(engine, path: Optional[str], client_state: Optional[dict
         raise CheckpointError("no checkpoint was loaded (DeepSpeed found none)")
     state = (client_state or {}).get("raptr")
     check_compatible(state, engine.schedule, engine.seed, path, override_schedule)
+    check_saved_tensor_parallel(state, tensor_size(engine), path)
     if state is None:
         return
     if state["applied_steps"] != engine.applied_steps:

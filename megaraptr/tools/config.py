@@ -3,6 +3,8 @@
     megaraptr-config validate ds_configs/bert_base_raptr_zero2.json --size base
     megaraptr-config explain ds_configs/bert_base_raptr_zero2.json --model bert --size base
     megaraptr-config explain ds.json --model gpt --size 1.3b --pipeline-stages 4
+    megaraptr-config explain ds_configs/gpt_1_3b_raptr_tp8_pp4.json --model gpt --size 1.3b \
+        --pipeline-stages 4 --world-size 32
     megaraptr-config explain ds.json --size tiny --profile --device cpu
     megaraptr-config sweep ds.json --model bert --size base --schedules 6-8-10-12,4-6-8-10-12 \\
         --lengths equal,0.34 --warmup 0,0.1 --baseline --out runs/sweep
@@ -20,8 +22,10 @@
   ``validate``, and ``index.json`` / ``index.csv`` with every point's expected layer-FLOPs
   fraction and ideal speedup (:mod:`megaraptr.tools.config_sweep`).
 
-``--train-steps`` defaults to the config's ``scheduler.params.total_num_steps``. Bad input:
-one line on stderr (the message training prints), exit code 2.
+``--train-steps`` defaults to the config's ``scheduler.params.total_num_steps``; ``--world-size``
+(for ``"tensor_parallel": {"autotp_size": T}``) to T x pipeline stages, and ``explain`` shows
+the TP x PP x DP layout. Bad input: one line on stderr (the message training prints), exit
+code 2.
 """
 from __future__ import annotations
 
@@ -46,7 +50,8 @@ def explain(opts, extra: List[str]) -> List[str]:
     """The lines ``explain`` prints."""
 
     checked = check(opts.file, model=opts.model, size=opts.size, train_steps=opts.train_steps,
-                    pipeline_stages=opts.pipeline_stages, extra=extra, layers=opts.layers)
+                    pipeline_stages=opts.pipeline_stages, extra=extra, layers=opts.layers,
+                    world_size=opts.world_size)
     costs = resolve_costs(opts, checked)
     unit = costs.unit if costs is not None else "ms"
     schedule, raptr = checked.schedule, checked.raptr
@@ -54,6 +59,8 @@ def explain(opts, extra: List[str]) -> List[str]:
     lines = [f"config: {checked.path}", f"run: {run_summary(checked)}",
              f"raptr: fixed layers {fixed}, scaling {schedule.scaling}, skipped layers "
              f"{raptr.skipped_layers}" if raptr.trains_subnetworks else "raptr: off"]
+    if checked.layout is not None:
+        lines.append(parallel_line(checked.layout))
     lines += [f"note: {note}" for note in checked.notes]
     if costs is None:
         hint = "--hidden H (a FLOP estimate from your model's shape)" if opts.layers else \
@@ -79,6 +86,14 @@ def explain(opts, extra: List[str]) -> List[str]:
     if opts.pipeline_stages:
         lines += pipeline_lines(checked, opts.pipeline_stages)
     return lines
+
+
+def parallel_line(layout) -> str:
+    """The tensor x pipeline x data layout, in one line."""
+    return (f"parallel: {layout.describe()}: each layer split over {layout.tensor} ranks "
+            f"(one node's GPUs, ranks consecutive), {layout.pipeline} pipeline stage(s), "
+            f"{layout.data} data-parallel replica(s); a skipped layer runs none of its "
+            f"{layout.tensor}-way all-reduces")
 
 
 def pipeline_lines(checked: Checked, num_stages: int) -> List[str]:
@@ -124,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="your own model of N marked blocks (megaraptr.initialize's "
                                 "checks) instead of --model/--size")
         s.add_argument("--pipeline-stages", type=int, default=0, metavar="N")
+        s.add_argument("--world-size", type=int, default=None, metavar="N",
+                       help="ranks of the run (tensor parallelism; default T x P)")
         if name != "sweep":
             s.add_argument("--train-steps", type=int, default=None, metavar="N",
                            help="default: the config's scheduler.params.total_num_steps")
@@ -165,7 +182,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         if opts.command == "validate":
             checked = check(opts.file, model=opts.model, size=opts.size,
                             train_steps=opts.train_steps, pipeline_stages=opts.pipeline_stages,
-                            extra=extra, layers=opts.layers)
+                            extra=extra, layers=opts.layers, world_size=opts.world_size)
             lines = [f"ok: {checked.path}: {run_summary(checked)}"]
             lines += [f"note: {note}" for note in checked.notes]
         elif opts.command == "suggest":

@@ -8,13 +8,14 @@ they resolved (:class:`Checked`); :func:`resolve_costs` picks the step costs of 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 from megaraptr import methods
 from megaraptr.core.config import load_ds_config, scheduler_warmup_note
 from megaraptr.errors import ConfigError
 from megaraptr.methods import build_schedule, parse_raptr_block, split_ds_config
 from megaraptr.models import SIZES
+from megaraptr.planning.layout import check_layout, check_tensor_parallel, tensor_parallel_size
 from megaraptr.planning.step_costs import REFERENCE, flop_costs, parse_costs, profile
 from megaraptr.tools.preflight import validate
 from megaraptr.tools.train_args import TrainFlags, parse_args
@@ -35,8 +36,14 @@ class Checked:
     """Where the run length came from ("--train-steps" or the scheduler's total_num_steps)."""
     label: str = ""
     """The model, as printed: ``bert-base`` or ``your model``."""
-    notes: tuple = ()
-    """Warnings the checks raised (e.g. an LR warmup as long as the run)."""
+    notes: Tuple[str, ...] = ()
+    """Warnings the checks raised (e.g. an LR warmup as long as the run, a checkpoint that
+    failed verification or is unverified) and what the run would change (an adjusted gradient
+    accumulation)."""
+    resume: Optional[object] = None
+    """The checkpoint --load would resume (every file's sha256 verified), or None."""
+    layout: object = None
+    """The TP x PP x DP layout under tensor parallelism (megaraptr.planning.layout.Layout)."""
 
 
 def config_steps(ds_config: dict) -> Optional[int]:
@@ -68,15 +75,16 @@ def _run_length(ds_config: dict, train_steps: Optional[int]):
 
 def check(path: str, *, model: str, size: Optional[str], train_steps: Optional[int] = None,
           pipeline_stages: int = 0, extra: Optional[List[str]] = None,
-          layers: Optional[int] = None) -> Checked:
+          layers: Optional[int] = None, world_size: Optional[int] = None) -> Checked:
     """Run training's checks on ``path`` for the run these flags describe; with ``layers``,
-    the checks ``megaraptr.initialize`` makes for your own model of that many blocks.
+    the checks ``megaraptr.initialize`` makes for your own model of that many blocks
+    (``world_size``: default tensor parallel x pipeline stages, one data-parallel replica).
 
     Raises:
         ConfigError (and the other MegaraptrErrors training raises): the line training prints.
     """
     if layers is not None:
-        return check_own(path, layers=layers, train_steps=train_steps)
+        return check_own(path, layers=layers, train_steps=train_steps, world_size=world_size)
     ds_config = load_ds_config(path)
     if size is None:
         raise size_needed(parse_raptr_block(ds_config.get("raptr")))
@@ -84,23 +92,32 @@ def check(path: str, *, model: str, size: Optional[str], train_steps: Optional[i
     argv = ["--deepspeed_config", str(path), "--model", model, "--size", size,
             "--train-steps", str(steps), "--pipeline-stages", str(pipeline_stages)]
     flags = parse_args(argv + list(extra or []))
-    plan = validate(flags)
+    if world_size is None:
+        world_size = tensor_parallel_size(ds_config) * max(pipeline_stages, 1)
+    plan = validate(flags, world_size, verify="checksums")  # one process: it hashes every file
     schedule = build_schedule(plan.raptr, num_layers=plan.num_layers,
                               total_steps=flags.train_steps)
+    notes = (plan.resume.notes if plan.resume else ()) + plan.notes
     return Checked(str(path), flags, plan.raptr, plan.ds_config, schedule, steps_from,
-                   f"{flags.model}-{flags.size}", plan.notes)
+                   f"{flags.model}-{flags.size}", notes, resume=plan.resume, layout=plan.layout)
 
 
-def check_own(path: str, *, layers: int, train_steps: Optional[int]) -> Checked:
-    """What ``megaraptr.initialize`` checks for your own model of ``layers`` marked blocks."""
+def check_own(path: str, *, layers: int, train_steps: Optional[int],
+              world_size: Optional[int] = None) -> Checked:
+    """What ``megaraptr.initialize`` checks for your own model of ``layers`` marked blocks
+    (under tensor parallelism: the config and the layout; whether your blocks can be split is
+    known only when initialize sees them)."""
     if layers < 1:
         raise ConfigError("--layers", f"{layers}; allowed: 1 or more (your model's blocks)")
     raptr, ds_config = split_ds_config(path)
     steps, steps_from = _run_length(ds_config, train_steps)
     schedule = build_schedule(raptr, num_layers=layers, total_steps=steps)
+    tensor = tensor_parallel_size(ds_config)
+    check_tensor_parallel(ds_config, tensor=tensor)
+    layout = check_layout(world=world_size or tensor, tensor=tensor) if tensor > 1 else None
     note = scheduler_warmup_note(ds_config, steps)
     return Checked(str(path), None, raptr, ds_config, schedule, steps_from, "your model",
-                   (note,) if note else ())
+                   (note,) if note else (), layout=layout)
 
 
 def describe_method(raptr, schedule) -> str:
@@ -127,7 +144,12 @@ def run_summary(checked: Checked) -> str:
              f"{checked.schedule.expected_flops_fraction():.3f} of full",
              f"ZeRO-{zero}, {precision}, {ds.get('train_micro_batch_size_per_gpu', '?')} "
              f"sequences x {ds.get('gradient_accumulation_steps', 1)} accumulation per GPU"
-             + (f", pipeline of {pipeline} stages" if pipeline else "")]
+             + (f", pipeline of {pipeline} stages" if pipeline else "")
+             + (f", {checked.layout.describe()}" if checked.layout is not None else "")]
+    if checked.resume is not None:
+        step = (checked.resume.manifest or {}).get("step")
+        parts.append(f"resumes {checked.resume.path}" + (f" at step {step}" if step else "")
+                     + (", verified" if checked.resume.manifest else ", unverified"))
     return "; ".join(parts)
 
 

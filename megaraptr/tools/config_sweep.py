@@ -147,7 +147,8 @@ def sweep(opts, extra: List[str]) -> List[str]:
                                        length=length, warmup=warmup), f, indent=2)
             try:
                 checked = check(path, model=opts.model, size=opts.size, train_steps=steps,
-                                pipeline_stages=opts.pipeline_stages, extra=extra)
+                                pipeline_stages=opts.pipeline_stages, extra=extra,
+                                world_size=opts.world_size)
             except MegaraptrError as err:
                 os.remove(path)
                 raise ConfigError(f"sweep point {name}", str(err)) from None

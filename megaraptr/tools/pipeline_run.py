@@ -9,7 +9,8 @@ from the ZeRO path, so that :mod:`megaraptr.tools.train` reads the same for both
 - the cost model comes from the config's ``"pipeline": {"costs"}``, else from the checkpoint
   being resumed, else from a short profile (:func:`megaraptr.planning.profiling.measure_costs`), and
   the partition of each schedule stage is planned from it (:func:`megaraptr.balance.
-  plan_partitions`);
+  plan_partitions`); under tensor parallelism the profiled layer is the tensor-parallel one
+  (its shard of the work and its all-reduces), run on every rank of its group together;
 - before every step, :meth:`next_engine` re-partitions when the plan says so (through a
   checkpoint under ``--save`` or a temporary folder, :mod:`megaraptr.runtime.pipe.repartition`);
 - checkpoints are written and read by :mod:`megaraptr.runtime.pipe.repartition` (any partition);
@@ -19,6 +20,7 @@ from the ZeRO path, so that :mod:`megaraptr.tools.train` reads the same for both
 """
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import tempfile
@@ -30,10 +32,12 @@ from megaraptr.data import make_batches
 from megaraptr.models import build_model
 from megaraptr.planning.balance import Costs, imbalance
 from megaraptr.planning.profiling import measure_costs
+from megaraptr.runtime.checkpoints import Resume
 from megaraptr.runtime.distributed import device as accelerator_device
 from megaraptr.runtime.pipe import engine as pipeline, repartition
-from megaraptr.runtime.resume_state import read_raptr_state
+from megaraptr.runtime.tp import apply_tensor_parallel, pipeline_groups
 from megaraptr.tools.preflight import RunPlan
+from megaraptr.tools.resume_check import run_facts
 from megaraptr.tools.train_data import RunData
 
 
@@ -43,18 +47,21 @@ class PipelineRun:
 
     inputs = None  # the pipeline reads (inputs, labels) pairs made from the batch dicts
 
-    def __init__(self, plan: RunPlan, data: RunData):
+    def __init__(self, plan: RunPlan, data: RunData, resume: Optional[Resume] = None):
         flags = plan.flags
         self.flags, self.ds_config = flags, dict(plan.ds_config)
+        self.override_schedule = flags.override_raptr_schedule
+        self.keep, self.run = flags.keep_checkpoints, run_facts(flags)
         self.sampler_seed = plan.sampler_seed
         torch.manual_seed(flags.seed)  # the reference model's weights: a function of --seed
         reference = build_model(flags.model, flags.size, vocab_size=data.vocab_size,
                                 seq_len=flags.seq_len, dropout=flags.dropout)
         self.num_parameters = sum(p.numel() for p in reference.parameters())
         self.cfg = reference.cfg
-        resumed = read_raptr_state(plan.resume_from) if plan.resume_from else None
-        self.resumed = resumed or {}
+        self.resumed = (resume.state("raptr") if resume is not None else None) or {}
         """megaraptr's state in the checkpoint being resumed (empty for a new run)."""
+        self.groups = pipeline_groups(self.ds_config, flags.pipeline_stages)
+        """The tensor-parallel groups (None without tensor parallelism), made once per run."""
         self.costs, self.cost_source = self._costs(plan.raptr, reference, data.prepared)
         self._reference = reference
         self._scratch = None
@@ -75,7 +82,12 @@ class PipelineRun:
         device = accelerator_device()
         dtype = torch.bfloat16 if self.ds_config.get("bf16", {}).get("enabled") else None
         repeats = spec.profile_steps if spec is not None else 3
-        return measure_costs(reference, batch, repeats=repeats, device=device,
+        model = reference
+        if self.groups is not None:  # the layer as it runs: its shard and its all-reduces
+            model = copy.deepcopy(reference)
+            apply_tensor_parallel(model, rank=self.groups.tensor_index,
+                                  size=self.groups.tensor_size, group=self.groups.tensor_group)
+        return measure_costs(model, batch, repeats=repeats, device=device,
                              dtype=dtype), "profile"
 
     def build(self, layer_parts):
@@ -84,15 +96,16 @@ class PipelineRun:
             self.flags.model, self.cfg, config=dict(self.ds_config),
             num_stages=self.flags.pipeline_stages, total_steps=self.flags.train_steps,
             seed=self.sampler_seed, costs=self.costs, reference=self._reference,
-            layer_parts=layer_parts, first_step=self.resumed.get("applied_steps", 0) + 1)
+            layer_parts=layer_parts, first_step=self.resumed.get("applied_steps", 0) + 1,
+            groups=self.groups)
 
-    def load(self, checkpoint: str) -> dict:
-        load_dir, tag = os.path.split(os.path.normpath(checkpoint))
-        _, client_state = repartition.load(self.engine, load_dir, tag)
+    def load(self, resume: Resume) -> dict:
+        _, client_state = repartition.load(self.engine, resume.load_dir, resume.tag, verify=False,
+                                           override_schedule=self.override_schedule)
         return client_state or {}
 
     def save(self, save_dir: str, tag: str, client_state: dict) -> None:
-        repartition.save(self.engine, save_dir, tag, client_state)
+        repartition.save(self.engine, save_dir, tag, client_state, run=self.run, keep=self.keep)
 
     def next_engine(self, client_state: dict):
         """The engine for the next step: this one, or a re-partitioned one (through a
@@ -100,14 +113,15 @@ class PipelineRun:
         engine = self.engine
         if engine.needs_repartition() is None:
             return engine
-        save_dir = self.flags.save
+        save_dir, keep = self.flags.save, self.keep
         if save_dir is None:
+            keep = 1  # the scratch folder needs the hand-over checkpoint only
             if self._scratch is None:
                 self._scratch = _shared_tempdir()
             save_dir = self._scratch
         old = engine.layer_parts
         engine, _ = repartition.repartition(engine, self.build, save_dir,
-                                            client_state=client_state)
+                                            client_state=client_state, run=self.run, keep=keep)
         if torch.distributed.get_rank() == 0:
             print(f"megaraptr: step {engine.applied_steps + 1}: re-partitioned the pipeline "
                   f"{list(old)} -> {list(engine.layer_parts)} (predicted imbalance "
@@ -132,8 +146,9 @@ class PipelineRun:
 
     def describe(self) -> List[str]:
         engine = self.engine
+        layout = "" if self.groups is None else f" x {self.groups.tensor_size} tensor-parallel"
         lines = [f"pipeline: {engine.num_stages} stages x {engine.data_parallel_size} data-"
-                 f"parallel; costs ({self.cost_source}): layer {self.costs.layer:.4g}, "
+                 f"parallel{layout}; costs ({self.cost_source}): layer {self.costs.layer:.4g}, "
                  f"embedding {self.costs.embedding:.4g}, head {self.costs.head:.4g}"]
         for stage, parts in zip(engine.schedule.stages, engine.partitions):
             lines.append(f"  stage {stage.name}: partition {list(parts)}, predicted imbalance "

@@ -2,9 +2,12 @@
 
 :func:`validate` runs before the process group, the data cache or the model exist: the model
 name and size, the raptr block and its schedule against the model's depth and the run's length,
-the pipeline, kernels and objective flags, and a checkpoint to resume (its schedule, seed and
-objective). Every failure is one line naming the flag or key and what is allowed (exit 2 from
-the command line). ``megaraptr-config validate`` runs the same function.
+the pipeline, tensor-parallel layout (:mod:`megaraptr.tools.parallel_check`), kernels and
+objective flags, and a checkpoint to resume (:mod:`megaraptr.tools.resume_check`: found, its
+files' sizes checked against its manifest, every pickle read with the weights-only loader, and
+compared with the run: schedule, seed, model, batch, ZeRO stage, tensor-parallel size, ...).
+Every failure is one line naming the flag or key and what is allowed (exit 2 from the command
+line). ``megaraptr-config validate`` runs the same function.
 What it resolves comes back as one frozen :class:`RunPlan` (model facts, the DeepSpeed config
 with what the run decides filled in by :func:`prepare_ds_config`, the sampler seed, the notes
 to print), built once and read by every later part of the run; the flags are never written.
@@ -24,11 +27,14 @@ from megaraptr.kernels import resolve_kernels
 from megaraptr.methods import build_schedule, method_name, split_ds_config
 from megaraptr.models import DATA_KIND, MODELS, num_layers
 from megaraptr.models.hf import data_kind, hf_config, is_hf, model_label
+from megaraptr.planning.layout import Layout, tensor_parallel_size
+from megaraptr.runtime.checkpoints import Resume
 from megaraptr.runtime.pipe.engine import check_pipeline
-from megaraptr.runtime.resume_state import check_compatible, read_raptr_state
+from megaraptr.runtime.resume_state import check_saved_tensor_parallel
+from megaraptr.tools import resume_check
 from megaraptr.tools.output_checks import (MONITORS, RUN_ID, check_job_name, check_summary_path,
                                            new_run_id, safe_job_name)
-from megaraptr.tools.resume_point import resume_point
+from megaraptr.tools.parallel_check import check_parallel
 from megaraptr.tools.train_args import TrainFlags
 
 
@@ -52,9 +58,12 @@ class RunPlan:
     """The subnetwork sampler's seed: the raptr block's ``seed`` if set, else --seed."""
     notes: Tuple[str, ...]
     """What the run changed in the config, printed once it starts."""
-    resume_from: Optional[str] = None
-    """The checkpoint folder the run resumes from (--load DIR, or --load auto's pick); None:
-    a fresh start."""
+    layout: Optional[Layout] = None
+    """The TP x PP x DP layout under tensor parallelism (None without it)."""
+    resume: Optional[Resume] = None
+    """The checkpoint --load resumes (--load DIR, or --load auto's pick), as preflight found it
+    (its files' sizes checked); None: a fresh start. The run verifies the checksums on all
+    ranks before it builds the model and keeps here the checkpoint it resumes."""
     run_id: Optional[str] = None
     """The run's id (in the derived TensorBoard job name): new on a fresh start, the
     checkpoint's on a resume (None: a checkpoint from before run ids, whose folder had none)."""
@@ -114,8 +123,15 @@ def model_facts(flags: TrainFlags) -> tuple:
     return num_layers(flags.size), DATA_KIND[flags.model], flags.model
 
 
-def validate(flags: TrainFlags) -> RunPlan:
-    """Everything that can be checked before expensive work; returns the resolved run."""
+def validate(flags: TrainFlags, world_size: Optional[int] = None, *,
+             verify: str = "sizes") -> RunPlan:
+    """Everything that can be checked before expensive work; returns the resolved run.
+
+    ``world_size``: default the launcher's WORLD_SIZE, else 1. ``verify``: how far the
+    checkpoint to resume is verified here ("sizes": every file of its manifest present with its
+    size; "checksums": and its sha256, as ``megaraptr-config validate`` does; training hashes
+    on all ranks together once the process group exists).
+    """
     depth, kind, label = model_facts(flags)
     raptr_config, ds_config = split_ds_config(flags.deepspeed_config)
     if flags.kernels:
@@ -132,6 +148,7 @@ def validate(flags: TrainFlags) -> RunPlan:
                               '--pipeline-stages yet; allowed: "eager" or "auto" (eager there)')
     else:
         check_kernels(raptr_config.kernels, ds_config)
+    layout = check_parallel(flags, ds_config, world_size)
     check_objective(flags)
     if flags.exit_at_step is not None and not flags.save:
         raise ConfigError("--exit-at-step", "needs --save DIR to write the checkpoint")
@@ -140,28 +157,30 @@ def validate(flags: TrainFlags) -> RunPlan:
                           f"{flags.exit_at_step} is outside 1..{flags.train_steps}")
     check_outputs(flags, raptr_config, ds_config)
     sampler_seed = raptr_config.sampler_seed(flags.seed)  # the one place it is resolved
-    path = resume_point(flags)  # --load DIR, or --load auto: --save's newest (None: fresh)
+    resume_check.check_config(ds_config)
+    resume = resume_check.find(flags, verify=verify) if flags.load else None
     run_id = new_run_id()
-    if path:
-        check_compatible(read_raptr_state(path), schedule, sampler_seed, path,
-                         flags.override_raptr_schedule)
-        train_state = read_raptr_state(path, "train") or {}
-        saved_id = train_state.get("run_id")
+    resume_notes = []
+    if resume is not None:
+        rank = int(os.environ.get("RANK", 0))
+        world = world_size or int(os.environ.get("WORLD_SIZE", 1))
+        resume_check.scan(resume, rank, world)  # each rank reads its share of the pickles
+        resume_notes = resume_check.check(flags, ds_config, resume, schedule=schedule,
+                                          sampler_seed=sampler_seed, world=world)
+        check_saved_tensor_parallel(resume.state(), tensor_parallel_size(ds_config), resume.path)
+        saved_id = (resume.state("train") or {}).get("run_id")  # its TensorBoard folder's
         run_id = saved_id if isinstance(saved_id, str) and RUN_ID.fullmatch(saved_id) else None
-        saved = train_state.get("objective", "causal")
-        if flags.model == "gpt" and saved != flags.objective:
-            raise ConfigError("--objective", f"{flags.objective}, but {path} was trained with "
-                              f"--objective {saved} (another vocabulary); allowed: {saved}")
     ds_config["raptr"] = raptr_config.model_dump(exclude_none=True)
     method = method_name(raptr_config)
     ds_config, notes = prepare_ds_config(flags, ds_config, method=method, label=label,
                                          run_id=run_id)
-    if flags.load == "auto":
-        notes += (f"--load auto: resuming from {path}" if path else
+    if flags.load == resume_check.AUTO:
+        notes += (f"--load auto: resuming from {resume.path}" if resume else
                   f"--load auto: no checkpoint under {flags.save} yet: a fresh start",)
     return RunPlan(flags=flags, raptr=raptr_config, ds_config=ds_config, num_layers=depth,
                    data_kind=kind, model_label=label, method=method,
-                   sampler_seed=sampler_seed, notes=notes, resume_from=path, run_id=run_id)
+                   sampler_seed=sampler_seed, notes=tuple(resume_notes) + notes, resume=resume,
+                   run_id=run_id, layout=layout)
 
 
 def check_outputs(flags: TrainFlags, raptr_config: RaptrConfig, ds_config: dict) -> None:
@@ -197,4 +216,5 @@ def check_kernels(mode: str, ds_config: dict) -> None:
 
     cuda = os.environ.get("DS_ACCELERATOR", "cuda") == "cuda" and torch.cuda.is_available()
     resolve_kernels(mode, device="cuda" if cuda else "cpu",
-                    zero_stage=int((ds_config.get("zero_optimization") or {}).get("stage", 0)))
+                    zero_stage=int((ds_config.get("zero_optimization") or {}).get("stage", 0)),
+                    tensor_parallel=tensor_parallel_size(ds_config))

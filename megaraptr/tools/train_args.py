@@ -13,11 +13,12 @@ import os
 from typing import List, Optional, Tuple
 
 from megaraptr.models import MODELS, SIZES
+from megaraptr.tools.extra_eval import extra_eval_arg
 
 DEFAULT_SAVE_INTERVAL = 1000
 """--save-interval's default: a long run loses at most this many steps to a crash."""
-DEFAULT_SEQ_LEN = {"tiny": 128, "mini": 128, "narrow": 128, "base": 512, "medium": 1024,
-                   "1.3b": 1024, "1.6b": 1024}
+DEFAULT_SEQ_LEN = {"tiny": 128, "mini": 128, "narrow": 128, "small": 128, "slim": 128,
+                   "base": 512, "medium": 1024, "1.3b": 1024, "1.6b": 1024}
 
 
 def _positive(text: str) -> int:
@@ -95,19 +96,26 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate the full model every N steps (always at start and end)")
     p.add_argument("--eval-sequences", type=_positive, default=64,
                    help="held-out sequences per evaluation")
+    p.add_argument("--extra-eval", type=extra_eval_arg, action="append", default=[],
+                   metavar="NAME=DIR", help="also evaluate on DIR's val split (prepared with the "
+                   "training data's tokenizer), reported as NAME; repeatable")
     p.add_argument("--save", metavar="DIR", default=None,
                    help="checkpoint folder: saved every --save-interval steps, every "
-                        "--save-every-minutes, at the end, and on SIGTERM/SIGUSR1")
+                        "--save-every-minutes, at the end, and on SIGTERM/SIGUSR1; complete or "
+                        "absent, one run at a time (the run locks the folder)")
     p.add_argument("--save-interval", type=_non_negative, default=DEFAULT_SAVE_INTERVAL,
                    metavar="N", help="save every N steps (0: only at the end and on a stop; "
                    f"default {DEFAULT_SAVE_INTERVAL})")
     p.add_argument("--save-every-minutes", type=_non_negative_float, default=0.0, metavar="M",
                    help="also save on the first step after M minutes since the last save "
                         "(0: off)")
+    p.add_argument("--keep-checkpoints", type=_non_negative, default=3, metavar="K",
+                   help="keep the newest K complete checkpoints under --save (0: keep all; the "
+                        "one 'latest' names is never deleted)")
     p.add_argument("--load", metavar="DIR", default=None,
-                   help="resume from DIR's latest checkpoint; 'auto': from --save's newest "
-                        "checkpoint when there is one, else start fresh (one command that is "
-                        "safe to requeue)")
+                   help="resume from DIR's 'latest' checkpoint, verified (else the newest "
+                        "complete one); 'auto': the same in --save, or a new run when nothing "
+                        "was saved there yet (one command that is safe to requeue)")
     p.add_argument("--override-raptr-schedule", action="store_true",
                    help="resume although the checkpoint was trained under another schedule")
     p.add_argument("--seed", type=_non_negative, default=1234,
@@ -152,11 +160,16 @@ class TrainFlags:
     """--log-interval; None: by whether stdout is a terminal (tools/train_log.py)."""
     eval_interval: int
     eval_sequences: int
+    extra_eval: Tuple[Tuple[str, str], ...]
+    """--extra-eval: (NAME, DIR) per held-out set evaluated beside val
+    (:mod:`megaraptr.tools.extra_eval`)."""
     save: Optional[str]
     save_interval: int
     save_every_minutes: float
+    keep_checkpoints: int
+    """--keep-checkpoints: complete checkpoints kept under --save (0: all)."""
     load: Optional[str]
-    """--load: a checkpoint folder, or "auto" (:mod:`megaraptr.tools.resume_point`)."""
+    """--load DIR, or "auto" (:func:`megaraptr.tools.resume_check.find`)."""
     override_raptr_schedule: bool
     seed: int
     """--seed: model initialization, data order and dropout (the sampler's seed is the raptr
@@ -177,4 +190,5 @@ def parse_args(argv: Optional[List[str]] = None) -> TrainFlags:
         parser.error(f"--dropout: must be in [0, 1), got {args.dropout}")
     seq_len = args.seq_len if args.seq_len is not None else DEFAULT_SEQ_LEN[args.size]
     data = tuple(args.data) if args.data is not None else None
-    return TrainFlags(**dict(vars(args), seq_len=seq_len, data=data))
+    return TrainFlags(**dict(vars(args), seq_len=seq_len, data=data,
+                             extra_eval=tuple(args.extra_eval)))

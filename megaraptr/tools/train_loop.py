@@ -17,12 +17,13 @@ import hashlib
 import struct
 import sys
 import time
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 import torch
 from tqdm import tqdm
 
 from megaraptr.runtime import monitor
+from megaraptr.tools.extra_eval import ExtraEvals
 from megaraptr.tools.preflight import RunPlan
 from megaraptr.tools.run_control import RunControl
 from megaraptr.tools.train_log import resolve_log_interval, step_line
@@ -61,6 +62,8 @@ class History:
     """[step, eval loss] per evaluation."""
     eval_clock: List[list] = dataclasses.field(default_factory=list)
     """[step, wall_seconds, layer FLOPs fraction] per evaluation."""
+    extra_eval: Dict[str, List[list]] = dataclasses.field(default_factory=dict)
+    """--extra-eval NAME -> [step, loss] per evaluation."""
     run_id: Optional[str] = None
     """The run's id (its TensorBoard folder's suffix), kept by every resumed session."""
 
@@ -78,9 +81,9 @@ class TrainLoop:
     """Steps, evaluations and checkpoints of one session of a run."""
 
     def __init__(self, plan: RunPlan, setup: TrainSetup, batches, history: History,
-                 control: RunControl):
+                 control: RunControl, extra: Optional[ExtraEvals] = None):
         self.flags, self.setup, self.batches, self.history = plan.flags, setup, batches, history
-        self.control = control
+        self.control, self.extra = control, extra
         self.rank = torch.distributed.get_rank()
         self.saved: Optional[str] = None
         """The tag of the last checkpoint this session wrote."""
@@ -104,6 +107,8 @@ class TrainLoop:
         self.history.eval_clock.append([step, self.history.wall_seconds,
                                         engine.layer_flops_fraction()])
         monitor.write(engine, monitor.eval_events(step, loss))
+        if self.extra is not None:
+            self.extra.evaluate(engine, step, self.history.extra_eval)
         return loss
 
     def train(self) -> Optional[str]:

@@ -14,6 +14,7 @@ import socket
 from typing import Optional
 
 from megaraptr.runtime import compat
+from megaraptr.tools.extra_eval import ExtraEvals
 from megaraptr.tools.preflight import RunPlan
 from megaraptr.tools.train_loop import History
 from megaraptr.tools.train_setup import TrainSetup
@@ -32,6 +33,9 @@ def print_header(plan: RunPlan, setup: TrainSetup, *, world: int, tokens_per_ste
     print(f"megaraptr: {compat.describe(engine.deepspeed_patches)}", flush=True)
     for line in setup.describe():
         print(f"megaraptr: {line}", flush=True)
+    if plan.layout is not None:
+        print(f"megaraptr: tensor_parallel: {plan.layout.describe()} (megaraptr's Megatron-style "
+              "layers; DeepSpeed gets the process groups, not AutoTP)", flush=True)
     for note in notes:
         print(f"megaraptr: {note}", flush=True)
 
@@ -44,6 +48,7 @@ def summarize(plan: RunPlan, setup: TrainSetup, history: History, *, final: Opti
         "steps": engine.applied_steps, "finished": engine.applied_steps >= flags.train_steps,
         "final_eval_loss": final, "initial_eval_loss": history.initial_eval_loss,
         "eval_history": history.eval, "eval_clock": history.eval_clock,
+        **ExtraEvals.summary(history.extra_eval),
         "wall_seconds": history.wall_seconds, "session_seconds": session_seconds,
         "tokens_per_second": history.tokens / max(history.wall_seconds, 1e-9),
         "tokens": history.tokens, "layer_flops_fraction": engine.layer_flops_fraction(),
@@ -55,7 +60,8 @@ def summarize(plan: RunPlan, setup: TrainSetup, history: History, *, final: Opti
         "run_id": plan.run_id,
         "world_size": world, "pipeline": setup.summary(),
         "schedule": engine.schedule.describe(), "tensorboard_dir": tb_dir,
-        "resumed_from": plan.resume_from, "dropped_steps": engine.guard.dropped,
+        "resumed_from": plan.resume.path if plan.resume else None,
+        "dropped_steps": engine.guard.dropped,
     }
 
 

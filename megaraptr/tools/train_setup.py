@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Callable, List, Optional, Protocol
 
+from megaraptr.runtime.checkpoints import Resume
 from megaraptr.runtime.engine import RaptrEngine, StepResult
 from megaraptr.tools.pipeline_run import PipelineRun
 from megaraptr.tools.preflight import RunPlan
@@ -26,12 +27,13 @@ class TrainSetup(Protocol):
     inputs: Optional[Callable[[dict], dict]]
     """Maps a batch to the model's keyword arguments (None: the batch is them)."""
 
-    def load(self, checkpoint: str) -> dict:
-        """Load the checkpoint in folder ``checkpoint`` (``DIR/tag``, :attr:`megaraptr.tools.
-        preflight.RunPlan.resume_from`) into the engine; returns its client state."""
+    def load(self, resume: Resume) -> dict:
+        """Load a verified checkpoint into the engine; returns its client state."""
 
     def save(self, save_dir: str, tag: str, client_state: dict) -> None:
-        """Write a checkpoint with ``client_state`` beside megaraptr's state."""
+        """Write a complete checkpoint with ``client_state`` beside megaraptr's state and move
+        ``latest`` to it (:func:`megaraptr.runtime.checkpoints.save`; --keep-checkpoints
+        applies). Raises CheckpointWriteError (exit 74) on every rank when it cannot."""
 
     def next_engine(self, client_state: dict) -> RaptrEngine:
         """The engine for the next step (a pipeline re-partitions at planned stage changes,
@@ -50,8 +52,9 @@ class TrainSetup(Protocol):
         """Remove what the path made for itself (scratch folders)."""
 
 
-def build_setup(plan: RunPlan, data: RunData) -> TrainSetup:
-    """The run's engine on the path its flags ask for (the process group exists already)."""
+def build_setup(plan: RunPlan, data: RunData, resume: Optional[Resume] = None) -> TrainSetup:
+    """The run's engine on the path its flags ask for (the process group exists already);
+    ``resume``: the verified checkpoint the run will load (a pipeline plans from it)."""
     if plan.flags.pipeline_stages:  # DeepSpeed PipelineModule + train_batch
-        return PipelineRun(plan, data)
+        return PipelineRun(plan, data, resume)
     return ZeroRun(plan, data)

@@ -27,6 +27,8 @@ import pytest
 import torch
 from support import ROOT, cpu_env, free_port, run
 
+from megaraptr.runtime import checkpoints
+
 STEPS = 16
 STOPPED = re.compile(r"megaraptr-train: stopped after step (\d+) on (.+): checkpoint step\1 saved "
                      r"in (.+); the same command with --load auto continues \(exit code 75\)")
@@ -139,6 +141,9 @@ def test_sigterm_then_load_auto_equals_the_uninterrupted_run(tmp_path):
     assert int(step) >= at and reason == "SIGTERM" and folder == str(tmp / "ckpt")
     assert (tmp / "ckpt" / "latest").read_text() == f"step{step}"
     assert f"megaraptr: step {step}: SIGTERM: saving a checkpoint and stopping" in first.text
+    stop_save = checkpoints.resolve(str(tmp / "ckpt"), f"step{step}")  # sha256 of every file
+    assert stop_save.manifest["step"] == int(step)  # saved complete, like any other save
+    assert not (tmp / "ckpt" / ".megaraptr.lock").exists()  # released on the way out
     run([sys.executable] + command(config, tmp), env=env, timeout=300)  # the same command
     assert_same_run(summary(tmp), summary(straight))
     assert summary(tmp)["resumed_from"] == str(tmp / "ckpt" / f"step{step}")
@@ -191,7 +196,7 @@ def test_divergence_exits_3_and_never_reaches_the_checkpoints(tmp_path):
     good, bad = write_config(tmp_path / "good.json"), write_config(tmp_path / "bad.json", lr=1e4)
     env = cpu_env()
     args = ["--train-steps", 40, "--save", tmp_path / "ckpt", "--load", "auto",
-            "--log-interval", 1]
+            "--log-interval", 1, "--keep-checkpoints", 0]  # keep every step's, to inspect
     run([sys.executable, "-m", "megaraptr.train", "--deepspeed_config", good, *args,
          "--exit-at-step", 2], env=env, timeout=300)
     good_bytes = (tmp_path / "ckpt" / "step2" / "mp_rank_00_model_states.pt").read_bytes()

@@ -31,6 +31,8 @@ def test_config_initializes(loaded, name):
     assert result["bf16"] == config.get("bf16", {}).get("enabled", False)
     assert result["basic_optimizer"] == "AdamW"
     assert result["groups_tagged"]
+    # one process loads a tensor-parallel file as its T = 1 stand-in (ds_config_worker.py)
+    assert result["tensor_parallel"] == config.get("tensor_parallel", {}).get("autotp_size", 1)
     assert result["raptr_enabled"] == config["raptr"]["enabled"]
     stages = result["stages"]
     assert stages[-1]["keep_prob"] == 1.0

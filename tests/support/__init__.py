@@ -30,6 +30,17 @@ def _corpus() -> Path:
 CORPUS = _corpus()
 
 
+def small_corpus(folder: Path) -> Path:
+    """A small corpus folder of the shared corpus's shape (lines with a ``source``): its test
+    split as ``train.jsonl.gz`` (65 documents of 9 sources), its val split as val."""
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(CORPUS / "test.jsonl.gz", folder / "train.jsonl.gz")
+    shutil.copyfile(CORPUS / "val.jsonl.gz", folder / "val.jsonl.gz")
+    return folder
+
+
 
 def free_port() -> int:
     with socket.socket() as sock:

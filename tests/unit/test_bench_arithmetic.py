@@ -1,14 +1,16 @@
 """The benchmarks' arithmetic on synthetic timings with known answers: line fits, ideals,
-overheads against plain PyTorch, interpolation (step time, and equal FLOPs / equal wall-clock
-in the quality report), paired ratios, the skipped-layer cost and the targets; a deliberately
-slow path must not pass any of them.
+overheads against plain PyTorch, interpolation (step time), the quality report's equal-steps
+and equal-FLOPs tables (finished runs only, each at its own budget), paired ratios, the
+skipped-layer cost and the targets; a deliberately slow path must not pass any of them.
 """
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import pytest
 
 from megaraptr.bench import gpu_report, host_report, report, step_metrics
-from megaraptr.bench.methods import Run
+from megaraptr.bench.methods import Run, flops_of
 from megaraptr.bench.step_time import build_parser, parse
 from megaraptr.planning.step_profile import fit_line
 
@@ -137,25 +139,41 @@ def test_paired_ratios_use_the_same_rounds():
 
 # -- the quality report's interpolation (megaraptr.bench.report, read-only here) -------------
 
-def _summary(steps, walls, fractions, losses):
-    return {"steps": steps[-1], "final_eval_loss": losses[-1], "wall_seconds": walls[-1],
-            "eval_history": list(zip(steps, losses)),
-            "eval_clock": list(zip(steps, walls, fractions))}
+def _summary(steps, fraction, losses, wall, moby):
+    points = [0, steps // 2, steps]
+    return {"steps": steps, "final_eval_loss": losses[-1], "wall_seconds": wall,
+            "layer_flops_fraction": fraction, "final_extra_eval_loss": {"moby": moby},
+            "eval_history": list(zip(points, losses)),
+            "eval_clock": [[p, wall * p / steps, fraction] for p in points]}
 
 
-def test_quality_report_reads_curves_at_equal_flops_and_wall_clock():
-    runs = [Run(1.0, "full", 200, 100, 100, "f", {}), Run(1.0, "raptr", 200, 100, 100, "r", {})]
-    summaries = {"h1/full": _summary([0, 100, 200], [0, 10, 20], [1, 1, 1], [9.0, 5.0, 4.0]),
-                 "h1/raptr": _summary([0, 100, 200], [0, 8, 16], [1, 0.75, 0.75],
-                                      [9.0, 5.5, 4.2])}
-    rows, budget = report.horizon_rows(runs, summaries)
-    assert budget == {"flops": 0.75, "wall": 16}
-    full, raptr = rows
-    assert full["at_flops"] == pytest.approx(4.5)  # halfway from 0.5 (5.0) to 1.0 (4.0)
-    assert raptr["at_flops"] == pytest.approx(4.2)  # its own end
-    assert full["at_wall"] == pytest.approx(5.0 - 0.6)  # 16 s: 60% from 10 s to 20 s
-    assert raptr["wall_ratio"] == pytest.approx(0.8) and raptr["delta"] == pytest.approx(0.2)
+def test_quality_report_compares_only_finished_runs_at_each_budget():
+    args = SimpleNamespace(model="gpt", size="narrow", vocab_size=2048, seq_len=128,
+                           micro_batch=16)
+    total = flops_of(args).total_fraction(0.75)  # raptr's total FLOPs, head included
+    matched = round(200 * total)
+    names = {"full": (200, 1.0), "raptr": (200, 0.75), "stacking": (200, 0.76),
+             "pld": (200, 0.9), "full-matched": (matched, 1.0)}
+    runs = [Run(1.0, n, steps, 100, 100, n, {}) for n, (steps, _) in names.items()]
+    summaries = {r.label: _summary(r.steps, names[r.name][1], [9.0, 5.0, 4.0 + i / 10],
+                                   100.0 + i, 5.0 + i / 10) for i, r in enumerate(runs)}
+    rows = report.rows_of(runs, summaries, args)
+    by = {r["method"]: r for r in rows}
+    assert by["raptr"]["flops"] == pytest.approx(total) and by["full"]["flops"] == 1.0
+    assert by["raptr"]["layer_flops"] == pytest.approx(0.75)
+    assert by["full-matched"]["layer_flops"] == pytest.approx(matched / 200)
+    assert [r["method"] for r in rows if r["equal_steps"]] == ["full", "raptr", "stacking", "pld"]
+    text = "\n".join(report.comparisons(rows, ["moby"], None))
+    flops_table = text.split("**Equal FLOPs**")[1].split("Not FLOP-matched")[0]
+    assert "| raptr |" in flops_table and "| stacking |" in flops_table
+    assert "| pld |" not in flops_table and "| full |" not in flops_table
+    assert "Not FLOP-matched (total FLOPs): pld" in text
+    # gaps per held-out column, against full-matched: raptr 4.1 - 4.4 on val, 5.1 - 5.4 on moby
+    raptr_line = next(line for line in flops_table.splitlines() if line.startswith("| raptr |"))
+    cells = [c.strip() for c in raptr_line.strip("|").split("|")]
+    assert cells[6] == "-0.3000" and cells[8] == "-0.3000"
     assert report.interpolate([(0.0, 1.0), (1.0, 3.0)], 1.5) is None
+    assert report.interpolate([(0.0, 1.0), (1.0, 3.0)], 0.5) == pytest.approx(2.0)
 
 
 # -- the step-time benchmark offers only sizes it can run --------------------------------------

@@ -22,6 +22,9 @@ SHIPPED = {"bert_base_full_zero2.json": ("bert", "base", 0),
            "bert_large_raptr_zero2.json": ("bert", "medium", 0),
            "gpt_medium_raptr_zero1.json": ("gpt", "medium", 0),
            "gpt_1_3b_raptr_pipeline.json": ("gpt", "1.3b", 4),
+           "gpt_1_3b_raptr_tp8.json": ("gpt", "1.3b", 0),
+           "gpt_1_3b_raptr_tp8_pipeline.json": ("gpt", "1.3b", 4),
+           "tiny_raptr_tp2_cpu.json": ("bert", "tiny", 0),
            "gpt_mini_pipeline_cpu.json": ("gpt", "mini", 2),
            "ul2_1_6b_raptr_warmup.json": ("gpt", "1.6b", 0),
            "tiny_raptr_cpu.json": ("bert", "tiny", 0)}
@@ -58,7 +61,7 @@ def test_validate_passes_training_flags_through(tmp_path, capsys):
 
 def test_validate_names_the_missing_size_and_steps(tmp_path, capsys):
     assert main(["validate", str(CONFIGS / "bert_base_raptr_zero2.json")]) == 2
-    assert "--size: required; the schedule ends at 12 layers: narrow or base" in \
+    assert "--size: required; the schedule ends at 12 layers: narrow or small or slim or base" in \
         capsys.readouterr().err
     config = json.loads((CONFIGS / "tiny_raptr_cpu.json").read_text())
     del config["scheduler"]

@@ -109,3 +109,23 @@ def test_too_little_train_data_is_a_data_error(mlm):
                                         r"8000000") as err:
         MLMBatches(mlm, seq_len=128, micro_batch_size=1000, grad_accum=1000, dp_size=8)
     assert "\n" not in str(err.value)
+
+
+def test_mlm_masks_are_fresh_on_every_pass_over_the_data(mlm):
+    """Dynamic masking: a sequence seen again in a later epoch gets a new mask (its slot, not
+    its index, keys the mask), while the first pass keeps the documented key [seed, 1, slot]."""
+    b = MLMBatches(mlm, seq_len=64, micro_batch_size=4, seed=5)
+    n = b.num_train_sequences
+    first_pass = {b.sequence_index(g): g for g in range(n)}
+    fresh = 0
+    for g2 in range(n, n + 40):  # the second epoch's first slots
+        index = b.sequence_index(g2)
+        window = b.window(mlm.train_tokens, index)
+        ids1, labels1 = b.train_example(window, [5, 1, first_pass[index]])
+        ids2, labels2 = b.train_example(window, [5, 1, g2])
+        assert (labels1[labels1 != -100] == window[labels1 != -100]).all()
+        fresh += not np.array_equal(labels1 != -100, labels2 != -100)
+        step, row = divmod(g2, 4)
+        got = b.step_batches(step + 1)[0]
+        assert got["labels"][row].tolist() == labels2.tolist()  # what training sees
+    assert fresh == 40

@@ -14,7 +14,7 @@ from megaraptr.core.config import RaptrConfig
 from megaraptr.errors import CheckpointError, ConfigError, DivergenceError
 from megaraptr.runtime.divergence import DivergenceGuard, StepReduction
 from megaraptr.tools.output_checks import check_job_name, check_summary_path, safe_job_name
-from megaraptr.tools.resume_point import newest_checkpoint, resume_point
+from megaraptr.tools.resume_check import find
 from megaraptr.tools.run_control import LauncherWatch, RunControl
 from megaraptr.tools.train_args import parse_args
 
@@ -163,14 +163,16 @@ def flags(*extra):
 
 
 def test_load_auto_starts_fresh_without_a_checkpoint(tmp_path):
-    assert resume_point(flags("--save", str(tmp_path / "none"), "--load", "auto")) is None
-    assert newest_checkpoint(str(tmp_path)) is None
-    (tmp_path / "latest").write_text("step7")
-    with pytest.raises(CheckpointError, match="tag 'step7' has no folder"):
-        newest_checkpoint(str(tmp_path))
-    with pytest.raises(ConfigError, match="^--load: auto resumes from the newest checkpoint "
-                                          "under --save; give --save DIR"):
-        resume_point(flags("--load", "auto"))
+    auto = ("--load", "auto", "--save")
+    assert find(flags(*auto, str(tmp_path / "none"))) is None
+    assert find(flags(*auto, str(tmp_path))) is None
+    (tmp_path / "latest").write_text("step7")  # a previous run's: refused, never restarted over
+    with pytest.raises(CheckpointError, match=r"no complete checkpoint to resume \(step7: no "
+                                              r"such folder\)"):
+        find(flags(*auto, str(tmp_path)))
+    with pytest.raises(ConfigError, match="^--load: auto resumes the newest complete checkpoint "
+                                          "of --save DIR; give --save DIR"):
+        find(flags("--load", "auto"))
 
 
 def test_summary_path_is_checked_up_front(tmp_path):

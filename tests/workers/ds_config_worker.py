@@ -5,6 +5,9 @@
 For each config: plain ``deepspeed.initialize`` with the whole JSON, raptr block included
 (DeepSpeed must ignore it), then ``megaraptr.initialize`` with the model size it was written
 for, recording the optimizer, ZeRO stage, precision and schedule DeepSpeed ended up with.
+A tensor-parallel config (``"tensor_parallel": {"autotp_size": T}``) loads without that block
+here, as its T = 1 stand-in: one process holds no T shards (the tensor-parallel path itself
+runs in tests/distributed/test_tensor_parallel.py); its T is recorded.
 Sizes in STAND_IN (24 layers of width 1024 and more) are built at their real depth but the
 tiny width: the schedule is still checked against the real depth, and the test stays fast.
 """
@@ -49,6 +52,7 @@ def main() -> None:
     results = {}
     for path in sorted((ROOT / "ds_configs").glob("*.json")):
         config = json.loads(path.read_text())
+        tensor = config.pop("tensor_parallel", {}).get("autotp_size", 1)
         name, size = next(v for k, v in MODEL_OF.items() if path.stem.startswith(k))
         tiny = build_model(name, "tiny", vocab_size=512, seq_len=64)
         plain, *_ = deepspeed.initialize(model=tiny, model_parameters=tiny.parameters(),
@@ -60,13 +64,13 @@ def main() -> None:
             from megaraptr.planning.balance import Costs
             from megaraptr.runtime.pipe import engine as pipeline
 
-            engine = pipeline.initialize(name, model.cfg, config=str(path), num_stages=1,
+            engine = pipeline.initialize(name, model.cfg, config=config, num_stages=1,
                                          total_steps=total, seed=0, costs=Costs(layer=1.0),
                                          reference=model)
             optimizer, scheduler = engine.optimizer, engine.lr_scheduler
         else:
             engine, optimizer, _, scheduler = megaraptr.initialize(
-                model=model, model_parameters=optimizer_groups(model), config=str(path),
+                model=model, model_parameters=optimizer_groups(model), config=config,
                 total_steps=total)
         results[path.name] = {
             "plain_zero_stage": plain.zero_optimization_stage(),
@@ -78,6 +82,7 @@ def main() -> None:
             "num_layers": len(engine.blocks),
             "stages": engine.schedule.describe(),
             "groups_tagged": all("raptr_layer" in g for g in engine.basic_optimizer.param_groups),
+            "tensor_parallel": tensor,
         }
         del plain, engine, optimizer, model, tiny
     Path(sys.argv[1]).write_text(json.dumps(results))

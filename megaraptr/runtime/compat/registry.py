@@ -14,32 +14,15 @@ DeepSpeed's own path is wrong for RAPTR there or does not exist).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Dict
 
-from megaraptr.runtime.compat.sources import (BF16, COMM, ENGINE, GRID, LINK, MANGLED, PIPE, PPC,
-                                              PPCM, SOURCES, SUPPORTED, Z3, Z12, Z12M)
+from megaraptr.runtime.compat.checkpoint_patches import CHECKPOINT_PATCHES
+from megaraptr.runtime.compat.patch import (BF16, COMM, ENGINE, GRID, LINK, MANGLED, PIPE, PPC,
+                                            PPCM, SUPPORTED, UTILS, Z3, Z12, Z12M, Patch)
+from megaraptr.runtime.compat.sources import SOURCES
 
 __all__ = ["PATCHES", "Patch", "SOURCES", "SUPPORTED", "BF16", "COMM", "ENGINE", "GRID", "LINK",
-           "MANGLED", "PIPE", "PPC", "PPCM", "Z3", "Z12", "Z12M"]
-
-
-@dataclass(frozen=True)
-class Patch:
-    """One place where megaraptr relies on DeepSpeed internals."""
-
-    where: str
-    """The megaraptr module(s) that do it."""
-    what: str
-    """What megaraptr does there, and why."""
-    sources: Tuple[str, ...]
-    """The DeepSpeed definitions (keys of ``SOURCES``) whose behaviour it assumes."""
-    names: Dict[str, Tuple[str, ...]] = field(default_factory=dict)
-    """Owner (``module`` or ``module:Class``) -> the private names megaraptr touches."""
-    fallback: Optional[str] = None
-    """What runs when a source differs; None: no correct fallback, megaraptr stops."""
-    no_fallback: str = ""
-    """Why there is no fallback (when ``fallback`` is None)."""
+           "MANGLED", "PIPE", "PPC", "PPCM", "UTILS", "Z3", "Z12", "Z12M"]
 
 
 _PARTITION_READS = ("optimizer", "bit16_groups", "cpu_offload", "zenflow",
@@ -260,6 +243,18 @@ PATCHES: Dict[str, Patch] = {
                LINK: ("_hp_mapping", "get_full_hp_param")},
         no_fallback="a pipeline's checkpoints and re-partitioning carry the fp32 masters and "
                     "Adam moments through it; without it they would be lost or misread"),
+    "tp_grad_norm": Patch(
+        where="megaraptr/runtime/tp/layers.py, megaraptr/runtime/initialize.py",
+        what="marks each tensor-parallel shard tensor_model_parallel and hands DeepSpeed the "
+             "tensor-parallel group as its mpu's model-parallel group, so that DeepSpeed's "
+             "clipping norms (fp32 without ZeRO, ZeRO-1/2, the bf16 optimizer) count every "
+             "shard on its rank and each replicated parameter once (on tensor rank 0)",
+        sources=(UTILS + ":is_model_parallel_parameter", UTILS + ":clip_grad_norm_",
+                 Z12 + ".get_grad_norm_direct", BF16 + ".get_grads_for_norm"),
+        names={UTILS: ("tensor_model_parallel",)},
+        no_fallback="without this convention each tensor-parallel rank would clip by a "
+                    "different, wrong norm (shards missed or replicated parameters counted T "
+                    "times)"),
     "nonfinite_skip_step": Patch(
         where="megaraptr/runtime/divergence.py",
         what='under "on_nonfinite": "skip_step", wraps the torch optimizer\'s step, through '
@@ -273,5 +268,6 @@ PATCHES: Dict[str, Patch] = {
         no_fallback="a dropped step relies on these steps' order (norm check, then the torch "
                     "optimizer's step; the LR scheduler stepped only without overflow); "
                     '"on_nonfinite": "stop" needs none of it'),
+    **CHECKPOINT_PATCHES,
 }
 """Every patch, by the name ``RaptrEngine.deepspeed_patches`` reports it under."""

@@ -7,22 +7,9 @@ from __future__ import annotations
 
 from typing import Dict
 
-SUPPORTED = "0.19.8"
-"""The DeepSpeed release whose sources the hashes below were recorded from."""
-
-Z12M = "deepspeed.runtime.zero.stage_1_and_2"
-Z12 = Z12M + ":DeepSpeedZeroOptimizer"
-Z3 = "deepspeed.runtime.zero.stage3:DeepSpeedZeroOptimizer_Stage3"
-PPCM = "deepspeed.runtime.zero.partitioned_param_coordinator"
-PPC = PPCM + ":PartitionedParameterCoordinator"
-BF16 = "deepspeed.runtime.bf16_optimizer:BF16_Optimizer"
-LINK = "deepspeed.utils.mixed_precision_linkage"
-PIPE = "deepspeed.runtime.pipe.module:PipelineModule"
-GRID = "deepspeed.runtime.pipe.topology:PipelineParallelGrid"
-ENGINE = "deepspeed.runtime.engine:DeepSpeedEngine"
-COMM = "deepspeed.comm.torch"
-MANGLED = "_PartitionedParameterCoordinator__"
-"""The prefix Python gives the coordinator's ``self.__x`` fields."""
+from megaraptr.runtime.compat.checkpoint_patches import CHECKPOINT_SOURCES
+from megaraptr.runtime.compat.patch import (BF16, COMM, ENGINE, GRID, LINK, PIPE, PPC, PPCM, UTILS,
+                                            Z3, Z12, Z12M)
 
 SOURCES: Dict[str, str] = {
     COMM + ":build_shm_op":
@@ -163,5 +150,12 @@ SOURCES: Dict[str, str] = {
         "0b80ad2f8fa3936fdedf7b58391ed1fd4f2b45cd727c6d2566f21b929e4c40d7",
     ENGINE + "._take_model_step":
         "4b72d5239e60708bfa186a4dbbc175497072234f282273b12cb396980d8fd49e",
+    UTILS + ":is_model_parallel_parameter":
+        "0744c51e520243d0f38ca148d4ccde1736f42c9c02845923fb8c094cbf71d55c",
+    UTILS + ":clip_grad_norm_":
+        "5ec95ef1249af7a28f85dc929f7d211bafe7bccb8f1db33f09860600cb5a01c9",
+    BF16 + ".get_grads_for_norm":
+        "e1222417ad92998a3f74094547294e7c696323804ef50047b15999b21b762b05",
+    **CHECKPOINT_SOURCES,
 }
 """``module:qualname`` -> sha256 of its normalised source in DeepSpeed 0.19.8."""

@@ -14,6 +14,13 @@ entries of the one full-model mask that every rank computes from (seed, step): t
 
 The costs the partitions are planned from come from the config or from the short profile in
 :mod:`megaraptr.planning.profiling`.
+
+3D: with ``"tensor_parallel": {"autotp_size": T}`` the module is built on DeepSpeed's
+``PipeModelDataParallelTopology`` (P stages x D replicas x T shards, tensor parallelism
+innermost) and each stage's blocks are split over their tensor-parallel group
+(:mod:`megaraptr.runtime.tp`), whose ranks are the grid's ``"model"`` axis. Every tensor-parallel
+rank sends and receives the whole activation (DeepSpeed's ``pipe_partitioned`` and
+``grad_partitioned`` are off).
 """
 from __future__ import annotations
 
@@ -35,6 +42,8 @@ from megaraptr.runtime.divergence import reduce_step
 from megaraptr.runtime.engine import RaptrEngine, StepResult
 from megaraptr.runtime.initialize import unsynchronised_throughput_timer
 from megaraptr.runtime.pipe.norm import install_pipeline_norm
+from megaraptr.runtime.tp import (ParallelGroups, apply_tensor_parallel, check_grid,
+                                  pipeline_ds_config, pipeline_groups, pipeline_topology)
 from megaraptr.runtime.zero.groups import layer_param_groups
 
 
@@ -122,9 +131,10 @@ class RaptrPipelineEngine(RaptrEngine):
     is_pipeline = True
     check_group = None  # every rank of every pipeline stage computes the same mask
 
-    def __init__(self, ds_engine, *, config, schedule, seed, partitions, costs: Costs):
+    def __init__(self, ds_engine, *, config, schedule, seed, partitions, costs: Costs,
+                 tensor_parallel=None):
         super().__init__(ds_engine, config=config, schedule=schedule, seed=seed,
-                         partitions=partitions)
+                         partitions=partitions, tensor_parallel=tensor_parallel)
         self.partitions = tuple(tuple(p) for p in partitions)
         self.costs = costs
         self.layer_parts = tuple(ds_engine.module.raptr_layer_parts)
@@ -235,7 +245,8 @@ def plan(raptr_config, schedule, costs: Costs, num_stages: int):
 def initialize(name: str, cfg, *, config, num_stages: int, total_steps: int, seed: int,
                costs: Costs, reference: Optional[torch.nn.Module] = None,
                layer_parts: Optional[Partition] = None, first_step: int = 1, partitions=None,
-               optimizer_groups=None) -> RaptrPipelineEngine:
+               optimizer_groups=None, groups: Optional[ParallelGroups] = None
+               ) -> RaptrPipelineEngine:
     """``megaraptr.initialize`` for a pipeline of reference model ``name``.
 
     Args:
@@ -247,25 +258,31 @@ def initialize(name: str, cfg, *, config, num_stages: int, total_steps: int, see
         first_step: the applied step the engine trains next (a resumed run: saved step + 1).
         partitions: the plan, when already made (``plan(...)``).
         optimizer_groups: ``fn(module) -> parameter groups`` (default: decay / no decay).
+        groups: the run's :func:`megaraptr.runtime.tp.pipeline_groups` (made here when the
+            config asks for tensor parallelism and none are given).
     """
     import deepspeed
-
 
     raptr_config, ds_config = split_ds_config(config)
     ds_config = unsynchronised_throughput_timer(ds_config)
     check_pipeline(num_stages, cfg.num_layers, ds_config, raptr_config)
+    if groups is None:  # and None again without tensor parallelism
+        groups = pipeline_groups(ds_config, num_stages)
     schedule = build_schedule(raptr_config, num_layers=cfg.num_layers, total_steps=total_steps)
     partitions = partitions or plan(raptr_config, schedule, costs, num_stages)
     step = min(max(first_step, 1), schedule.total_steps)
     parts = tuple(layer_parts or partitions[schedule.stage_at(step).index])
     module = build_module(name, cfg, num_stages=num_stages, layer_parts=parts,
-                          reference=reference)
-
-    check_block_contract(find_blocks(module, partial=True))
-    groups = layer_param_groups(module, find_blocks(module, partial=True),
-                                (optimizer_groups or default_groups)(module))
-    ds_engine, _, _, _ = deepspeed.initialize(model=module, model_parameters=groups,
-                                              config=ds_config)
+                          reference=reference, topology=pipeline_topology(groups, num_stages))
+    blocks = find_blocks(module, partial=True)
+    check_block_contract(blocks)
+    if groups is not None:  # this stage's blocks, split over the grid's "model" axis
+        apply_tensor_parallel(module, rank=groups.tensor_index, size=groups.tensor_size,
+                              group=groups.tensor_group, blocks=blocks)
+    params = layer_param_groups(module, blocks, (optimizer_groups or default_groups)(module))
+    ds_engine, _, _, _ = deepspeed.initialize(model=module, model_parameters=params,
+                                              config=pipeline_ds_config(ds_config, groups))
+    check_grid(ds_engine, groups)
     return RaptrPipelineEngine(ds_engine, config=raptr_config, schedule=schedule,
                                seed=raptr_config.sampler_seed(seed), partitions=partitions,
-                               costs=costs)
+                               costs=costs, tensor_parallel=groups)

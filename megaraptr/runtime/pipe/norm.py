@@ -11,8 +11,10 @@ DeepSpeed 0.19.8 gets the clipping norm of a ``PipelineModule`` wrong in two pat
 
 :func:`install_pipeline_norm` replaces both with one computation: each rank sums the squares
 of the gradients it holds (a tied weight once: its replicas are ``ds_pipe_replicated``;
-ZeRO padding left out), one all-reduce over the data-parallel group (ZeRO-1's partitions)
-and one over the stages give the model's norm, and every stage clips by it. The bf16
+ZeRO padding left out; under tensor parallelism a replicated parameter once, on tensor rank 0,
+and each shard on its rank), one all-reduce over the data-parallel group (ZeRO-1's
+partitions) and one over the stages (DeepSpeed's model-parallel group: stages x tensor ranks)
+give the model's norm, and every stage clips by it. The bf16
 optimizer already computes one global norm and is left alone.
 
 DeepSpeed's own path is wrong here (a partial norm, or a hang), so there is no fallback: when
@@ -35,8 +37,11 @@ def _squared(grads: List[torch.Tensor], device) -> torch.Tensor:
     return total
 
 
-def _counted(pairs) -> List[torch.Tensor]:
-    return [g for g, p in pairs if not getattr(p, "ds_pipe_replicated", False)]
+def _counted(pairs, shards_only: bool = False) -> List[torch.Tensor]:
+    """The gradients counted on this rank (``shards_only``: tensor ranks other than 0 count
+    only their shards of tensor-parallel parameters)."""
+    return [g for g, p in pairs if not getattr(p, "ds_pipe_replicated", False)
+            and not (shards_only and not getattr(p, "tensor_model_parallel", False))]
 
 
 def install_pipeline_norm(ds_engine, patches: Optional[dict] = None) -> None:
@@ -53,11 +58,12 @@ def install_pipeline_norm(ds_engine, patches: Optional[dict] = None) -> None:
 
     stages = ds_engine.mpu.get_model_parallel_group()
     optimizer = ds_engine.optimizer
+    shards_only = ds_engine.grid.get_slice_parallel_rank() != 0
 
     @torch.no_grad()
     def clip_fp32_gradients():
         params = [p for p in ds_engine.module.parameters() if p.grad is not None]
-        total = _squared(_counted((p.grad, p) for p in params), ds_engine.device)
+        total = _squared(_counted(((p.grad, p) for p in params), shards_only), ds_engine.device)
         dist.all_reduce(total, group=stages)
         coef = torch.clamp(ds_engine.gradient_clipping() / (total.sqrt() + 1e-6), max=1.0)
         if params:
@@ -80,7 +86,7 @@ def install_pipeline_norm(ds_engine, patches: Optional[dict] = None) -> None:
             for i in range(len(optimizer.bit16_groups)):
                 real = (g for g in optimizer.averaged_gradients.get(i) or []
                         if not getattr(g, "_zero_padding", False))
-                grads.extend(_counted(zip(real, optimizer.params_in_partition[i])))
+                grads.extend(_counted(zip(real, optimizer.params_in_partition[i]), shards_only))
             total = _squared(grads, optimizer.device)
             dist.all_reduce(total, group=optimizer.dp_process_group)
             dist.all_reduce(total, group=stages)
