@@ -110,10 +110,11 @@ class RaptrEngine:
             self.fast_norm = install_layer_norm(ds_engine.optimizer, lambda: self.freezer.frozen,
                                                 self.deepspeed_patches)
             if self.freeze_skipped:  # with megaraptr's norm nothing reads a frozen gradient
+                managed = ds_engine.managed_gradient_accumulation()
                 self.fast_step = install_frozen_step(ds_engine.optimizer,
                                                      lambda: self.freezer.frozen,
                                                      self.deepspeed_patches,
-                                                     epilogue=self.fast_norm)
+                                                     epilogue=self.fast_norm, managed=managed)
         if self.guard.decides_before_update:  # after the freezer: it wraps the same step
             compat.require(self.deepspeed_patches, "nonfinite_skip_step")
             self.guard.install(ds_engine.basic_optimizer or ds_engine.optimizer)

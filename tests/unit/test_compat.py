@@ -212,3 +212,14 @@ def test_unreadable_source_counts_as_a_mismatch(fresh, monkeypatch):
     monkeypatch.setattr(compat, "definition_source", no_source)
     assert compat.mismatch("zero3_stale_grads") == \
         "DeepSpeedZeroOptimizer_Stage3._get_fp32_grad_state_partition cannot be read (OSError)"
+
+
+@pytest.mark.parametrize("target", PATCHES["zero12_layer_reduce"].sources)
+def test_any_changed_source_of_the_layer_reduction_falls_back(fresh, capsys, target):
+    # each DeepSpeed method whose behaviour the reduction reproduces or relies on: one changed,
+    # the reduction stays DeepSpeed's, said in one line naming that method
+    fresh(target)
+    patches = {}
+    assert compat.guard(patches, "zero12_layer_reduce") is False
+    assert patches["zero12_layer_reduce"].startswith(f"fallback: {compat.label(target)} differs")
+    assert capsys.readouterr().err.count("zero12_layer_reduce off") == 1

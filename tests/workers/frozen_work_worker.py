@@ -7,9 +7,12 @@ The tiny BERT of tests/workers/dist_worker.py (same config, data, seed) trains 8
 RAPTR 2-3-4 under ZeRO-1 and ZeRO-2 (fp32; bf16; bf16 with fp32 gradient accumulation) with
 ``freeze``, each once
 with megaraptr's step and once with DeepSpeed's own (the ``zero12_frozen_step`` patch forced to
-its fallback). Around every step it counts, per parameter group, the calls DeepSpeed's step
-and epilogue make for a group: its gradient partition built after backward
-(``get_flat_partition`` / the compact buffer), its gradient flattened
+its fallback), and once with megaraptr's step but DeepSpeed's own gradient reduction (the
+``zero12_layer_reduce`` patch forced to its fallback: ``-dsreduce``). Around every step it
+counts, per parameter group, the calls DeepSpeed's step and epilogue make for a group: its
+gradient partition built after backward (``get_flat_partition`` / the compact buffer, or
+megaraptr's reduction's ``LayerReduce._group``; the groups that reduction flattens under
+``reduced``), its gradient flattened
 (``_get_preflattened_grad_partition``, called for a group right before its flatten), its torch
 optimizer step, its all-gather (the flat buffers handed to ``all_gather_dp_groups``) and its
 weights re-pointed (``_update_model_bit16_weights``); and which groups were frozen.
@@ -31,6 +34,7 @@ from megaraptr.data import make_batches, resolve_data  # noqa: E402
 from megaraptr.models import build_model, optimizer_groups  # noqa: E402
 from megaraptr.runtime.compat import registry  # noqa: E402
 from megaraptr.runtime.distributed import init_distributed  # noqa: E402
+from megaraptr.runtime.zero.reduce import LayerReduce  # noqa: E402
 
 STEPS = 8
 CASES = [(1, "fp32"), (2, "fp32"), (1, "bf16"), (2, "bf16acc")]
@@ -56,6 +60,17 @@ def count_calls(calls):
     by_index("_update_model_bit16_weights", lambda i: i)
     by_index("get_flat_partition", lambda *a, **k: k.get("param_group_idx", a[5:6] and a[5]))
     by_index("_build_compact_grad_partition_buffer", lambda i: i)
+    layer_reduce, runs = LayerReduce._group, LayerReduce._runs
+
+    def group(self, i):
+        calls["_group"].append(i)
+        return layer_reduce(self, i)
+
+    def reduced(self, active):
+        out = runs(self, active)
+        calls["reduced"].extend(i for run in out for i in run)
+        return out
+    LayerReduce._group, LayerReduce._runs = group, reduced
     gather = stage_1_and_2.all_gather_dp_groups
 
     def all_gather(groups_flat, *args, **kwargs):
@@ -64,6 +79,7 @@ def count_calls(calls):
     stage_1_and_2.all_gather_dp_groups = all_gather
 
     def undo():
+        LayerReduce._group, LayerReduce._runs = layer_reduce, runs
         stage_1_and_2.all_gather_dp_groups = gather
         for name, original in saved.items():
             setattr(cls, name, original)
@@ -80,12 +96,14 @@ def count_optimizer(basic, calls) -> None:
     basic.step = optimizer_step
 
 
-def run(data, stage: int, dtype: str, deepspeeds_step: bool) -> dict:
+def run(data, stage: int, dtype: str, variant: str) -> dict:
     import megaraptr
 
     saved = dict(registry.SOURCES)
-    if deepspeeds_step:  # a helper only the copied step relies on "changed": fallback
+    if variant == "deepspeed":  # a helper only the copied step relies on "changed": fallback
         registry.SOURCES[registry.Z12 + "._update_model_bit16_weights"] = "0" * 64
+    if variant == "dsreduce":  # a method only the reduction relies on "changed": fallback
+        registry.SOURCES[registry.Z12 + ".average_tensor"] = "0" * 64
     calls = defaultdict(list)
     undo = count_calls(calls)
     torch.manual_seed(0)
@@ -122,9 +140,8 @@ def main() -> None:
     init_distributed(timeout_minutes=2)
     results = {}
     for stage, dtype in CASES:
-        for own in (False, True):
-            results[f"{stage}-{dtype}-{'deepspeed' if own else 'megaraptr'}"] = \
-                run(data, stage, dtype, own)
+        for variant in ("megaraptr", "deepspeed", "dsreduce"):
+            results[f"{stage}-{dtype}-{variant}"] = run(data, stage, dtype, variant)
     with open(sys.argv[1], "w") as f:
         json.dump(results, f)
     torch.distributed.destroy_process_group()

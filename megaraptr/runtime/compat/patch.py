@@ -23,6 +23,7 @@ ENGINE = "deepspeed.runtime.engine:DeepSpeedEngine"
 COMM = "deepspeed.comm.torch"
 TCE = "deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine:TorchCheckpointEngine"
 CE = "deepspeed.runtime.checkpoint_engine.checkpoint_engine:CheckpointEngine"
+UTILS = "deepspeed.runtime.utils"
 MANGLED = "_PartitionedParameterCoordinator__"
 """The prefix Python gives the coordinator's ``self.__x`` fields."""
 

@@ -29,6 +29,7 @@ import torch
 from megaraptr.runtime import compat
 from megaraptr.runtime.zero.epilogue import install_frozen_epilogue
 from megaraptr.runtime.zero.groups import partition_layers
+from megaraptr.runtime.zero.reduce import install_layer_reduce
 
 
 def _zero12_step(opt, frozen_groups: Callable[[], FrozenSet[int]]):
@@ -218,7 +219,8 @@ def _skip_frozen(opt, name: str, frozen_sub: Callable[[int], bool]) -> None:
 
 
 def install_frozen_step(ds_optimizer, frozen: Callable[[], FrozenSet[int]],
-                        patches: Optional[dict] = None, epilogue: bool = False) -> bool:
+                        patches: Optional[dict] = None, epilogue: bool = False,
+                        managed: bool = True) -> bool:
     """Make the ZeRO step skip the groups of frozen layers; returns whether it was installed.
 
     Args:
@@ -228,7 +230,9 @@ def install_frozen_step(ds_optimizer, frozen: Callable[[], FrozenSet[int]],
             stays DeepSpeed's when the installed DeepSpeed's sources differ
             (megaraptr.runtime.compat).
         epilogue: ZeRO-1/2 only, with megaraptr's norm installed: also build no gradient
-            partitions for frozen groups after backward (:mod:`megaraptr.runtime.zero.epilogue`).
+            partitions for frozen groups after backward (:mod:`megaraptr.runtime.zero.epilogue`),
+            and reduce gradients by layer groups (:mod:`megaraptr.runtime.zero.reduce`).
+        managed: the engine's ``managed_gradient_accumulation()`` (the reduction needs it).
     """
     layers = partition_layers(ds_optimizer)
     if layers is None:
@@ -237,6 +241,8 @@ def install_frozen_step(ds_optimizer, frozen: Callable[[], FrozenSet[int]],
     if not compat.guard(patches, "zero3_frozen_step" if zero3 else "zero12_frozen_step"):
         if not zero3:
             compat.depends_off(patches, "zero12_frozen_epilogue", "zero12_frozen_step")
+            install_layer_reduce(ds_optimizer, None, patches, managed=managed,
+                                 needs="zero12_frozen_step")
         return False
     if zero3:  # ZeRO-3: sub-group helpers
         def frozen_sub(sub_group_id: int) -> bool:
@@ -247,10 +253,14 @@ def install_frozen_step(ds_optimizer, frozen: Callable[[], FrozenSet[int]],
     else:  # ZeRO-1/2: the whole step, and with megaraptr's norm the epilogue's builders
         frozen_groups = FrozenGroups(layers, frozen)
         ds_optimizer.step = _zero12_step(ds_optimizer, frozen_groups)
-        if epilogue:
-            install_frozen_epilogue(ds_optimizer, frozen_groups, patches)
-        else:
+        if not epilogue:
             compat.depends_off(patches, "zero12_frozen_epilogue", "zero12_layer_norm")
+            needs = "zero12_layer_norm"
+        elif install_frozen_epilogue(ds_optimizer, frozen_groups, patches):
+            needs = None
+        else:
+            needs = "zero12_frozen_epilogue"
+        install_layer_reduce(ds_optimizer, frozen_groups, patches, managed=managed, needs=needs)
     return True
 
 
