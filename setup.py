@@ -23,7 +23,7 @@ setup(
     ],
     extras_require={"bench": ["matplotlib"], "hf": ["transformers"],
                     # triton: its CPU interpreter runs the fused residual-add kernel's test
-                    "test": ["pytest", "matplotlib", "transformers",
+                    "test": ["pytest", "pytest-xdist", "matplotlib", "transformers",
                              "triton; platform_system == 'Linux' and platform_machine == 'x86_64'"]},
     entry_points={"console_scripts": ["megaraptr-train=megaraptr.tools.train:main",
                                       "megaraptr-config=megaraptr.tools.config:main",

@@ -24,6 +24,7 @@ def test_full_refuses_a_schedule():
     assert str(err.value).startswith("raptr.schedule:")
 
 
+@pytest.mark.slow  # the same path as raptr's; tests/e2e/test_train.py trains "enabled": false
 def test_full_trains_resumes_exactly_and_reports_flops(tmp_path):
     runs = train_and_resume(tmp_path, {"enabled": True, "method": "full"})
     assert_exact_resume(runs)

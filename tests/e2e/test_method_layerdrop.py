@@ -6,6 +6,7 @@ import pytest
 from support.method_runs import STEPS, assert_exact_resume, train_and_resume
 
 
+@pytest.mark.slow  # PLD's run covers the drop path by default; unit tests cover its sampling
 def test_layerdrop_trains_resumes_exactly_and_reports_flops(tmp_path):
     runs = train_and_resume(tmp_path, {"enabled": True, "method": "layerdrop",
                                        "layerdrop": {"drop_prob": 0.3}})

@@ -7,7 +7,7 @@ import pytest
 from support.method_runs import STEPS, assert_exact_resume, train_and_resume
 
 
-@pytest.mark.parametrize("exit_at", [STEPS // 2, 5])
+@pytest.mark.parametrize("exit_at", [pytest.param(STEPS // 2, marks=pytest.mark.slow), 5])  # the default run: one
 def test_stacking_trains_resumes_exactly_and_reports_flops(tmp_path, exit_at):
     # "2-3-4" over 16 steps: stages 1-5, 6-11, 12-16; step 6 grows the model after a resume
     runs = train_and_resume(tmp_path, {"enabled": True, "method": "stacking",

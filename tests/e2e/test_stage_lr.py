@@ -6,7 +6,7 @@ import pytest
 from support.method_runs import train, write_config
 
 
-@pytest.mark.parametrize("method", ["raptr", "stacking"])
+@pytest.mark.parametrize("method", ["raptr", pytest.param("stacking", marks=pytest.mark.slow)])
 def test_rewarm_changes_updates_from_the_second_stage_on(tmp_path, method):
     block = {"enabled": True, "method": method, "schedule": "2-4"}
     plain = train(tmp_path, write_config(tmp_path / "a.json", block), "plain",

@@ -18,7 +18,7 @@ from megaraptr import parse_raptr_block
 from megaraptr.core.config_doc import current_section, render_section
 
 README = ROOT / "README.md"
-CI_COMMAND = 'pip install torch==2.13.0 -e ".[test]" && python -m pytest -q'
+CI_COMMAND = 'pip install torch==2.13.0 -e ".[test]" && python -m pytest -q -n 2 --dist loadfile'
 PAGES = doc_files()
 PAGE_IDS = [str(p.relative_to(ROOT)) for p in PAGES]
 
