@@ -255,3 +255,14 @@ def test_the_compat_registry_knows_the_checkpoint_patches():
     for name in ("checkpoint_io", "zero12_reshard"):
         assert compat.mismatch(name) is None, name
         assert registry.PATCHES[name].fallback is None
+
+
+class _CallsWhatGetattrFetched:
+    def __reduce__(self):  # pickled as getattr(OrderedDict, "fromkeys"), then called
+        return (OrderedDict.fromkeys, (["pwned"],))
+
+
+def test_getattr_may_fetch_but_what_it_fetches_is_never_called(tmp_path):
+    torch.save({"t": torch.ones(2), "x": _CallsWhatGetattrFetched()}, tmp_path / "sneaky.pt")
+    with pytest.raises(CheckpointError, match=r"sneaky\.pt: refused"):
+        safe_load.load(str(tmp_path / "sneaky.pt"))
