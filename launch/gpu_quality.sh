@@ -32,7 +32,7 @@ else
   export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 fi
 rm -rf "$UNPACK" "$WORK" && mkdir -p "$UNPACK"
-"$PYTHON" -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2], filter='data')" \
+"$PYTHON" -c "import sys, tarfile; kw = {'filter': 'data'} if hasattr(tarfile, 'data_filter') else {}; tarfile.open(sys.argv[1]).extractall(sys.argv[2], **kw)" \
   "$CARRY/data.tar.xz" "$UNPACK" || exit 1
 echo "gpu_quality: wheels and data ready after $(( $(date +%s) - START )) s"
 export TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1 MEGARAPTR_CACHE=${MEGARAPTR_CACHE:-/tmp/mrcache}
