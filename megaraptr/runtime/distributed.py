@@ -19,6 +19,7 @@ run has finished (tests/integration/test_exit.py reproduces it).
 """
 from __future__ import annotations
 
+import atexit
 import gc
 import os
 import socket
@@ -65,6 +66,9 @@ def init_distributed(timeout_minutes: int | None = None) -> None:
     if timeout_minutes is not None:
         kwargs["timeout"] = timedelta(minutes=timeout_minutes)
     deepspeed.init_distributed(**kwargs)
+    if not getattr(init_distributed, "teardown_registered", False):
+        atexit.register(shutdown_distributed)  # any script that exits without calling it
+        init_distributed.teardown_registered = True
 
 
 def shutdown_distributed() -> None:
