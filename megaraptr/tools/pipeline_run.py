@@ -107,9 +107,9 @@ class PipelineRun:
     def save(self, save_dir: str, tag: str, client_state: dict) -> None:
         repartition.save(self.engine, save_dir, tag, client_state, run=self.run, keep=self.keep)
 
-    def next_engine(self, client_state: dict):
+    def next_engine(self, client_state):
         """The engine for the next step: this one, or a re-partitioned one (through a
-        checkpoint with ``client_state``, under --save or a scratch folder)."""
+        checkpoint with ``client_state()``, under --save or a scratch folder)."""
         engine = self.engine
         if engine.needs_repartition() is None:
             return engine
@@ -121,7 +121,7 @@ class PipelineRun:
             save_dir = self._scratch
         old = engine.layer_parts
         engine, _ = repartition.repartition(engine, self.build, save_dir,
-                                            client_state=client_state, run=self.run, keep=keep)
+                                            client_state=client_state(), run=self.run, keep=keep)
         if torch.distributed.get_rank() == 0:
             print(f"megaraptr: step {engine.applied_steps + 1}: re-partitioned the pipeline "
                   f"{list(old)} -> {list(engine.layer_parts)} (predicted imbalance "

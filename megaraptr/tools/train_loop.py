@@ -133,7 +133,8 @@ class TrainLoop:
         it (agreed by every rank through the step's votes), or None."""
         flags, history, batches = self.flags, self.history, self.batches
         step = self.setup.engine.applied_steps + 1
-        engine = self.setup.next_engine({"train": history.state()})  # pipelines re-partition
+        engine = self.setup.next_engine(lambda: {"train": history.state()})  # pipelines
+        # re-partition at planned stage changes: only then is the history copied
         torch.manual_seed(run_seed(flags.seed, step, self.rank))  # dropout: a function of step
         t0 = time.perf_counter()
         result = engine.train_step(to_device(batches.step_batches(step), engine.device,

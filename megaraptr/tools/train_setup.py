@@ -35,9 +35,9 @@ class TrainSetup(Protocol):
         ``latest`` to it (:func:`megaraptr.runtime.checkpoints.save`; --keep-checkpoints
         applies). Raises CheckpointWriteError (exit 74) on every rank when it cannot."""
 
-    def next_engine(self, client_state: dict) -> RaptrEngine:
+    def next_engine(self, client_state: Callable[[], dict]) -> RaptrEngine:
         """The engine for the next step (a pipeline re-partitions at planned stage changes,
-        saving ``client_state`` with the move)."""
+        saving ``client_state()`` with the move; called only then)."""
 
     def events(self, result: StepResult) -> List[tuple]:
         """TensorBoard scalars of the step that only this path has."""

@@ -58,7 +58,7 @@ class ZeroRun:
         self.engine.save_checkpoint(save_dir, tag=tag, client_state=client_state,
                                     keep=self.keep, run=self.run)
 
-    def next_engine(self, client_state: dict):
+    def next_engine(self, client_state):
         return self.engine  # one engine for the whole run
 
     def events(self, result) -> List[tuple]:
