@@ -116,13 +116,14 @@ class HostSyncCounter(TorchDispatchMode):
                 self.counts["device_to_host"] += 1
         return out
 
-    def _count_calls(self, owner, name: str, key: str = "synchronize") -> None:
+    def _count_calls(self, owner, name: str, key: str = "synchronize", when=None) -> None:
         original = getattr(owner, name, None)
         if original is None:
             return
 
         def counted(*args, **kwargs):
-            self.counts[key] += 1
+            if when is None or when(*args):
+                self.counts[key] += 1
             return original(*args, **kwargs)
         self._patched.append((owner, name, original, name in getattr(owner, "__dict__", {})))
         setattr(owner, name, counted)
@@ -134,7 +135,8 @@ class HostSyncCounter(TorchDispatchMode):
         self._count_calls(torch.cuda.Stream, "synchronize")
         self._count_calls(torch.cuda.Event, "synchronize")
         self._count_calls(get_accelerator(), "synchronize")
-        self._count_calls(torch.Tensor, "tolist", "tolist")  # below the dispatcher: not an op
+        self._count_calls(torch.Tensor, "tolist", "tolist",  # a CPU tensor's: not an aten op
+                          when=lambda t: t.device.type == "cpu")  # (a GPU one's copy is counted)
         return super().__enter__()
 
     def __exit__(self, *exc):
