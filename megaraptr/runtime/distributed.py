@@ -75,9 +75,10 @@ def shutdown_distributed() -> None:
     """Tear the run's process groups down on this thread (call it last, on the main thread).
 
     Automatic garbage collection is off while the run's garbage (engines and their process
-    groups, in reference cycles) is collected here, so no other thread frees a process group
-    from now until the interpreter exits; what stays referenced (DeepSpeed's module-level
-    groups) is freed by the main thread when the interpreter tears its modules down.
+    groups, in reference cycles) is collected here, and back as it was after: no other thread
+    can free one of those groups meanwhile, and afterwards none is left for one to free; what
+    stays referenced (DeepSpeed's module-level groups) is freed by the main thread when the
+    interpreter tears its modules down.
     """
     import torch
 
