@@ -66,9 +66,8 @@ def init_distributed(timeout_minutes: int | None = None) -> None:
     if timeout_minutes is not None:
         kwargs["timeout"] = timedelta(minutes=timeout_minutes)
     deepspeed.init_distributed(**kwargs)
-    if not getattr(init_distributed, "teardown_registered", False):
-        atexit.register(shutdown_distributed)  # any script that exits without calling it
-        init_distributed.teardown_registered = True
+    atexit.unregister(shutdown_distributed)  # once, however often init runs: no flag to keep
+    atexit.register(shutdown_distributed)  # any script that exits without calling it
 
 
 def shutdown_distributed() -> None:

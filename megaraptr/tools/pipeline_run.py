@@ -24,7 +24,7 @@ import copy
 import os
 import shutil
 import tempfile
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import torch
 
@@ -107,7 +107,7 @@ class PipelineRun:
     def save(self, save_dir: str, tag: str, client_state: dict) -> None:
         repartition.save(self.engine, save_dir, tag, client_state, run=self.run, keep=self.keep)
 
-    def next_engine(self, client_state):
+    def next_engine(self, client_state: Callable[[], dict]):
         """The engine for the next step: this one, or a re-partitioned one (through a
         checkpoint with ``client_state()``, under --save or a scratch folder)."""
         engine = self.engine

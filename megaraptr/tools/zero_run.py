@@ -9,7 +9,7 @@ manifest, ``--keep-checkpoints`` retention).
 """
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import torch
 
@@ -58,7 +58,7 @@ class ZeroRun:
         self.engine.save_checkpoint(save_dir, tag=tag, client_state=client_state,
                                     keep=self.keep, run=self.run)
 
-    def next_engine(self, client_state):
+    def next_engine(self, client_state: Callable[[], dict]):
         return self.engine  # one engine for the whole run
 
     def events(self, result) -> List[tuple]:
