@@ -56,12 +56,43 @@ def seed_table(sweeps: List[Dict[str, dict]], ref: str = "full",
     return lines
 
 
+def target_table(settings: List[tuple], method: str, limits: Dict[str, float]) -> List[str]:
+    """Markdown lines: per setting (a name and its sweeps, one per seed), ``method``'s mean gap
+    to each reference of ``limits`` (each seed's gap in brackets) on every held-out set, and
+    whether it is within that reference's limit."""
+    columns = sorted({c for _, sweeps in settings for s in sweeps for r in s.values()
+                      for c in r.get("final_extra_eval_loss", {})})
+    columns = ["val"] + columns
+    head = ["setting"] + [f"vs {ref}, {c} (<= {limit:+g})" for ref, limit in limits.items()
+                          for c in columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, sweeps in settings:
+        label = next(k for k in sweeps[0] if k.split("/")[-1] == method)
+        horizon = label.split("/")[0]
+        cells = [name]
+        for ref, limit in limits.items():
+            for c in columns:
+                gaps = [_loss(s[label], c) - _loss(s[f"{horizon}/{ref}"], c) for s in sweeps]
+                mean = sum(gaps) / len(gaps)
+                verdict = "met" if mean <= limit + 1e-12 else f"**missed by {mean - limit:.3f}**"
+                cells.append(f"{mean:+.4f} ({', '.join(f'{g:+.4f}' for g in gaps)}): {verdict}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(prog="megaraptr-bench-seeds", description=__doc__.split("\n")[0])
     p.add_argument("runs", nargs="+", help="runs.json of each sweep, one per seed")
     p.add_argument("--ref", default="full", help="the method the gaps are taken to")
     p.add_argument("--seeds", default=None, help="each sweep's seed, joined by commas (header)")
+    p.add_argument("--targets", metavar="METHOD", default=None,
+                   help="instead: METHOD's gap to each --limits reference, a row per setting "
+                        "(runs given as NAME=A/runs.json,B/runs.json)")
+    p.add_argument("--limits", default="full=0.01,stacking=0",
+                   help="with --targets: reference=largest allowed mean gap, joined by commas")
     args = p.parse_args(argv)
+    if args.targets:
+        return _targets(p, args)
     seeds = args.seeds.split(",") if args.seeds else None
     if seeds is not None and len(seeds) != len(args.runs):
         p.error(f"--seeds: {len(seeds)} names for {len(args.runs)} runs.json")
@@ -70,6 +101,23 @@ def main(argv: Optional[List[str]] = None) -> int:
         with open(path) as f:
             sweeps.append(json.load(f))
     print("\n".join(seed_table(sweeps, args.ref, seeds)))
+    return 0
+
+
+def _targets(p: argparse.ArgumentParser, args) -> int:
+    try:
+        limits = {ref: float(v) for ref, v in (item.split("=") for item in args.limits.split(","))}
+        settings = [(name, paths.split(",")) for name, paths in (r.split("=", 1) for r in args.runs)]
+    except ValueError:
+        p.error("--targets: runs as NAME=A/runs.json,B/runs.json and --limits as ref=number,...")
+    loaded = []
+    for name, paths in settings:
+        sweeps = []
+        for path in paths:
+            with open(path) as f:
+                sweeps.append(json.load(f))
+        loaded.append((name, sweeps))
+    print("\n".join(target_table(loaded, args.targets, limits)))
     return 0
 
 

@@ -1,5 +1,5 @@
-"""The quality page's seed tables are what megaraptr.bench.seeds prints from the runs.json
-committed beside them: every figure of them traces to a raw record, none is typed in."""
+"""The quality page's seed and target tables are what megaraptr.bench.seeds prints from the
+runs.json committed beside them: every figure of them traces to a raw record, none is typed in."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import json
 import pytest
 from support import ROOT
 
-from megaraptr.bench.seeds import seed_table
+from megaraptr.bench.seeds import seed_table, target_table
 
 PAGE = ROOT / "docs" / "quality" / "README.md"
 # (runs.json of each seed, the reference method): each table the page shows
@@ -33,9 +33,23 @@ def test_the_pages_seed_table_is_the_committed_runs(names, ref):
     assert not missing, f"docs/quality/README.md lacks, from {names} vs {ref}: {missing[:2]}"
 
 
+SETTINGS = [("GPT, 5", "ideas-h5"), ("GPT, 20", "gpt-h20"), ("BERT, 5", "bert-h5"),
+            ("BERT, 20", "bert-h20")]
+
+
+@pytest.mark.parametrize("method", ["raptr", "raptr-fixed-half"])
+def test_the_pages_target_table_is_the_committed_runs(method):
+    settings = [(name, [_sweep(f"{stem}-seed1234"), _sweep(f"{stem}-seed2")])
+                for name, stem in SETTINGS]
+    lines = target_table(settings, method, {"full": 0.01, "stacking": 0.0})
+    missing = [line for line in lines if line not in PAGE.read_text()]
+    assert not missing, f"docs/quality/README.md lacks {method}'s target rows: {missing[:2]}"
+
+
 def test_every_committed_sweep_has_its_report_and_plot():
+    page = PAGE.read_text()
     for runs in PAGE.parent.glob("*-runs.json"):
         stem = runs.name[:-len("-runs.json")]
         assert (PAGE.parent / f"{stem}-report.md").exists(), stem
         assert list(PAGE.parent.glob(f"{stem}-quality_h*.png")), stem
-        assert stem in PAGE.read_text(), f"{stem} is committed but the page never names it"
+        assert stem in page, f"{stem} is committed but the page never names it"
