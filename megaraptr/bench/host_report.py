@@ -188,8 +188,9 @@ def compare(results: Dict[str, dict]) -> str:
                      str(arm["counts"]["ops"]),
                      "/".join(f"{skip[z]['skipped_ops']:.0f}" for z in ("z0", "z1", "z2")
                               if z in skip),
-                     "/".join(f"{skip[z]['skipped_over_active']:.2f}" for z in ("z0", "z1", "z2")
-                              if z in skip)])
+                     "/".join("-" if skip[z]["skipped_over_active"] is None  # no active time
+                              else f"{skip[z]['skipped_over_active']:.2f}"
+                              for z in ("z0", "z1", "z2") if z in skip)])
     return "\n".join(_table(rows))
 
 
